@@ -1,0 +1,242 @@
+"""`MusicDataModule`: source -> cached representation -> split -> windows -> batches."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from datamodules.cache import CachedCorpus, build_cache, load_cache
+from datamodules.representations import Representation, build_representation
+from datamodules.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
+    """Deterministic split from a hash of the piece's identity: adding pieces never moves old ones."""
+    bucket = int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / float(16**12)
+    if bucket < test_fraction:
+        return "test"
+    if bucket < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+class WindowDataset(Dataset):
+    """Fixed-length windows over encoded pieces, with optional random transposition.
+
+    Each example is ``{"x": window, "mask": (window,) bool}``; a piece shorter than the window is
+    zero-padded and ``mask`` marks the real steps. ``window=None`` yields whole pieces (padded by the
+    collate function to the longest in the batch).
+    """
+
+    def __init__(
+        self,
+        arrays: list[np.ndarray],
+        representation: Representation,
+        window: int | None,
+        stride: int | None = None,
+        transpose: int = 0,
+        seed: int = 0,
+    ) -> None:
+        self.arrays = arrays
+        self.representation = representation
+        self.window = window
+        self.transpose = int(transpose)
+        self.rng = np.random.default_rng(seed)
+        self.index: list[tuple[int, int]] = []
+        for piece, array in enumerate(arrays):
+            if window is None:
+                self.index.append((piece, 0))
+                continue
+            hop = stride or window
+            last = max(len(array) - window, 0)
+            starts = list(range(0, last + 1, hop))
+            if starts[-1] != last:  # cover the tail of the piece too
+                starts.append(last)
+            self.index += [(piece, s) for s in starts]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _random_shift(self, window: np.ndarray) -> int:
+        extent = self.representation.pitch_extent(window)
+        if not self.transpose or extent is None:
+            return 0
+        low = max(-self.transpose, -extent[0])
+        high = min(self.transpose, self.representation.n_pitches - 1 - extent[1])
+        return int(self.rng.integers(low, high + 1)) if high >= low else 0
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        piece, start = self.index[i]
+        array = self.arrays[piece]
+        length = len(array) if self.window is None else self.window
+        chunk = array[start : start + length]
+        chunk = self.representation.transpose(chunk, self._random_shift(chunk))
+        out = np.zeros((length, *array.shape[1:]), dtype=array.dtype)
+        out[: len(chunk)] = chunk
+        mask = np.zeros(length, dtype=bool)
+        mask[: len(chunk)] = True
+        x = torch.from_numpy(out.astype(np.float32) if out.dtype == bool else out.astype(np.int64))
+        return {"x": x, "mask": torch.from_numpy(mask)}
+
+
+def pad_collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Stack examples, zero-padding the time axis to the longest one."""
+    longest = max(len(b["x"]) for b in batch)
+    out: dict[str, torch.Tensor] = {}
+    for name in batch[0]:
+        tensors = [b[name] for b in batch]
+        padded = tensors[0].new_zeros((len(tensors), longest, *tensors[0].shape[1:]))
+        for row, t in enumerate(tensors):
+            padded[row, : len(t)] = t
+        out[name] = padded
+    return out
+
+
+class MusicDataModule(L.LightningDataModule):
+    """Any `Source` through any `Representation`, cached, split, windowed and batched.
+
+    Args:
+        source: where the music comes from (see `datamodules.sources`).
+        representation: how each piece is encoded (see `datamodules.representations`).
+        cache_dir: where preprocessed shards live; the sub-folder name hashes source + representation.
+        window: steps per training example (``None``: whole pieces).
+        stride: hop between training windows (default: half a window).
+        batch_size, num_workers: DataLoader settings.
+        val_fraction, test_fraction: hash-split fractions, used when the source has no official split.
+        transpose: maximum random transposition in semitones for training windows (0 disables).
+        min_steps: pieces shorter than this many steps are skipped and counted.
+        n_jobs: preprocessing processes (default: all cores).
+        seed: seed of the augmentation RNG.
+    """
+
+    def __init__(
+        self,
+        source: Source,
+        representation: Representation | dict[str, Any],
+        cache_dir: str = ".cache/muselab",
+        window: int | None = 64,
+        stride: int | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        transpose: int = 0,
+        min_steps: int = 8,
+        n_jobs: int | None = None,
+        seed: int = 0,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.source = source
+        self.representation = build_representation(representation)
+        self.cache_dir = cache_dir
+        self.window = window
+        self.stride = stride if stride is not None else (max(1, window // 2) if window else None)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.val_fraction = val_fraction
+        self.test_fraction = test_fraction
+        self.transpose = transpose
+        self.min_steps = min_steps
+        self.n_jobs = n_jobs
+        self.seed = seed
+        self.name = name or source.name
+        self.corpus: CachedCorpus | None = None
+        self.split_arrays: dict[str, list[np.ndarray]] = {}
+        self.split_keys: dict[str, list[str]] = {}
+        self.datasets: dict[str, WindowDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Build the cache once (rank 0 only under DDP)."""
+        build_cache(self.source, self.representation, self.cache_dir, self.n_jobs, min_steps=self.min_steps)
+
+    @property
+    def cache_path(self) -> Path:
+        return build_cache(
+            self.source, self.representation, self.cache_dir, self.n_jobs, min_steps=self.min_steps
+        )
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.corpus is not None:
+            return
+        self.corpus = load_cache(self.cache_path)
+        if not self.corpus.arrays:
+            raise RuntimeError(f"no usable pieces in {self.source.name}: {self.corpus.skipped_summary()}")
+        if self.corpus.skipped:
+            summary = self.corpus.skipped_summary()
+            log.warning(
+                "Skipped %d unusable files (%s); first: %s",
+                summary["skipped"],
+                summary["skipped_by_reason"],
+                ", ".join(summary["skipped_first"]),
+            )
+        self.split_arrays = {s: [] for s in ("train", "val", "test")}
+        self.split_keys = {s: [] for s in ("train", "val", "test")}
+        for array, key, split in zip(self.corpus.arrays, self.corpus.keys, self.corpus.splits):
+            split = split or hash_split(key, self.val_fraction, self.test_fraction)
+            self.split_arrays[split].append(array)
+            self.split_keys[split].append(key)
+        if not self.split_arrays["val"]:  # tiny corpora: borrow one training piece so val/loss exists
+            self.split_arrays["val"].append(self.split_arrays["train"][-1])
+            self.split_keys["val"].append(self.split_keys["train"][-1])
+        if not self.split_arrays["test"]:
+            self.split_arrays["test"] = list(self.split_arrays["val"])
+            self.split_keys["test"] = list(self.split_keys["val"])
+        self.datasets = {
+            "train": WindowDataset(
+                self.split_arrays["train"],
+                self.representation,
+                self.window,
+                self.stride,
+                self.transpose,
+                self.seed,
+            ),
+            "val": WindowDataset(self.split_arrays["val"], self.representation, self.window, self.window),
+            "test": WindowDataset(self.split_arrays["test"], self.representation, self.window, self.window),
+        }
+        log.info(
+            "Data %s: %s pieces, %s windows (train/val/test)",
+            self.name,
+            "/".join(str(len(self.split_arrays[s])) for s in ("train", "val", "test")),
+            "/".join(str(len(self.datasets[s])) for s in ("train", "val", "test")),
+        )
+
+    def data_summary(self) -> dict[str, Any]:
+        """Counts for the run summary: pieces per split and the skipped-file report."""
+        assert self.corpus is not None, "call setup() first"
+        return {
+            "data/pieces_train": len(self.split_arrays["train"]),
+            "data/pieces_val": len(self.split_arrays["val"]),
+            "data/pieces_test": len(self.split_arrays["test"]),
+            "data/windows_train": len(self.datasets["train"]),
+            **{f"data/{k}": v for k, v in self.corpus.skipped_summary().items()},
+        }
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=shuffle,
+            num_workers=self.num_workers,
+            collate_fn=pad_collate,
+            persistent_workers=self.num_workers > 0,
+            drop_last=False,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

@@ -1,0 +1,1 @@
+"""MuseLab entry points (train, sample) and the glue between data, models and loggers."""

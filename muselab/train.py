@@ -1,0 +1,100 @@
+"""Train a model: ``python -m muselab.train model=pianoroll_rnn data=bach key=value ...`` (or ``make train``).
+
+Composes ``conf/train.yaml``, checks overrides, builds data -> model -> callbacks -> loggers ->
+trainer, fits (resuming from ``ckpt_path`` if given), tests the best checkpoint and writes a few
+MIDI samples to ``<run dir>/samples``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from muselab.utils import (
+    build_callbacks,
+    build_loggers,
+    check_override_types,
+    log_run_summary,
+    write_midi,
+)
+
+log = logging.getLogger("muselab.train")
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+
+
+def validate_overrides(cfg: DictConfig) -> None:
+    """Type-check value overrides against the defaults of the same config-group choices."""
+    try:
+        hydra_cfg = HydraConfig.get()
+    except ValueError:  # composed outside a Hydra app (tests): nothing to compare against
+        return
+    choices = hydra_cfg.runtime.choices
+    overrides = list(hydra_cfg.overrides.task)
+    group_overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in choices]
+    value_overrides = [o for o in overrides if o not in group_overrides]
+    if not value_overrides:
+        return
+    defaults = hydra.compose(config_name=hydra_cfg.job.config_name, overrides=group_overrides)
+    check_override_types(defaults, value_overrides, cfg)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Run one training job from a composed config; returns metrics and output paths."""
+    validate_overrides(cfg)
+    L.seed_everything(cfg.seed, workers=True)
+    torch.set_float32_matmul_precision("high")
+
+    log.info("Instantiating datamodule <%s>", cfg.data._target_)
+    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    log.info("Instantiating model <%s>", cfg.model._target_)
+    model = hydra.utils.instantiate(cfg.model, representation=datamodule.representation, _convert_="all")
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+
+    if cfg.train:
+        trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    datamodule.setup()
+    if trainer.is_global_zero and loggers:
+        log_run_summary(loggers, datamodule.data_summary())
+
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+    if cfg.test and not trainer.fast_dev_run:
+        trainer.test(model=model, datamodule=datamodule, ckpt_path=best if best else None)
+        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+
+    out_dir = Path(cfg.paths.output_dir)
+    samples: list[str] = []
+    if trainer.is_global_zero and cfg.n_samples > 0:
+        musics = model.sample(cfg.n_samples, cfg.sample_steps, cfg.sample_temperature)
+        samples = [str(p) for p in write_midi(musics, out_dir / "samples")]
+        log.info("Wrote %d samples to %s", len(samples), out_dir / "samples")
+    last = out_dir / "checkpoints" / "last.ckpt"
+    log.info("Run directory: %s", out_dir)
+    log.info("Best checkpoint: %s", best)
+    for logger in loggers:
+        logger.finalize("success")
+    return {"metrics": metrics, "best_ckpt": best, "last_ckpt": str(last), "samples": samples}
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    train(cfg)
+
+
+if __name__ == "__main__":
+    main()
