@@ -113,10 +113,7 @@ def _write_shard(path: Path, items: list[SourceItem], results: list[tuple[Any, s
     skipped = [(item.key, reason) for item, (array, reason) in zip(items, results) if array is None]
     arrays = [np.asarray(a) for _, a in kept]
     lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-    if arrays:
-        data = np.concatenate(arrays)
-    else:
-        data = np.zeros(0, dtype=np.int16)
+    data = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int16)
     is_bool = data.dtype == bool
     _atomic_save(
         path,

@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from xml.etree import ElementTree
 
 import muspy
@@ -291,7 +291,7 @@ class BoulangerSource(Source):
     """
 
     name = "boulanger"
-    SPLIT_KEYS = {"traindata": "train", "validdata": "val", "testdata": "test"}
+    SPLIT_KEYS: ClassVar[dict[str, str]] = {"traindata": "train", "validdata": "val", "testdata": "test"}
 
     def __init__(self, path: str) -> None:
         self.path = str(Path(path).expanduser())
