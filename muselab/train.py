@@ -15,7 +15,9 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from muselab.utils import (
@@ -32,10 +34,9 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 def validate_overrides(cfg: DictConfig) -> None:
     """Type-check value overrides against the defaults of the same config-group choices."""
-    try:
-        hydra_cfg = HydraConfig.get()
-    except ValueError:  # composed outside a Hydra app (tests): nothing to compare against
-        return
+    if not HydraConfig.initialized() or not GlobalHydra.instance().is_initialized():
+        return  # composed outside a Hydra app (tests): nothing to compare against
+    hydra_cfg = HydraConfig.get()
     choices = hydra_cfg.runtime.choices
     overrides = list(hydra_cfg.overrides.task)
     group_overrides = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in choices]
@@ -60,8 +61,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
+    run_config = OmegaConf.to_container(
+        OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True
+    )
     for logger in loggers:
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        logger.log_hyperparams(run_config)
 
     if cfg.train:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
@@ -87,6 +91,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     log.info("Best checkpoint: %s", best)
     for logger in loggers:
         logger.finalize("success")
+    if any(isinstance(lg, WandbLogger) for lg in loggers):
+        import wandb
+
+        wandb.finish()  # close the run so the next one in this process starts fresh
     return {"metrics": metrics, "best_ckpt": best, "last_ckpt": str(last), "samples": samples}
 
 

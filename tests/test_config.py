@@ -1,0 +1,71 @@
+"""The config tree: every model x data composes, and bad keys or types fail at start-up."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+
+from tests.helpers import CONF_DIR, compose_train
+from tests.helpers import resolved as resolved_config
+
+MODELS = sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml"))
+DATAS = sorted(p.stem for p in Path(CONF_DIR, "data").glob("*.yaml") if not p.stem.startswith("_"))
+# Values a data config leaves as ??? (a local path the user must give).
+REQUIRED = {"data.source.root": "/tmp/none", "data.source.path": "/tmp/none.mat"}
+
+
+def fill_required(data: str) -> list[str]:
+    text = Path(CONF_DIR, "data", f"{data}.yaml").read_text()
+    return [f"{k}={v}" for k, v in REQUIRED.items() if f"{k.rsplit('.', 1)[-1]}: ???" in text]
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("data", DATAS)
+def test_every_model_and_data_composes(model: str, data: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"model={model}", f"data={data}", *fill_required(data)], output_dir=tmp_path)
+    resolved = resolved_config(cfg)
+    assert resolved["model_name"] == model and resolved["data_name"] == data
+    assert resolved["data"]["representation"]["_target_"].startswith("datamodules.representations.")
+    assert resolved["model"]["_target_"].startswith("lightning_modules.")
+    assert resolved["logger"]["wandb"]["offline"] is True
+
+
+@pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp"])
+@pytest.mark.parametrize("logger", ["wandb", "csv", "tensorboard", "none", "many"])
+def test_trainer_and_logger_configs_compose(trainer: str, logger: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"trainer={trainer}", f"logger={logger}"], output_dir=tmp_path)
+    resolved_config(cfg)
+    assert cfg.trainer._target_.endswith("Trainer")
+
+
+def test_unknown_key_fails_at_compose(tmp_path: Path) -> None:
+    with pytest.raises(ConfigCompositionException, match="hidden_sise"):
+        compose_train(["model.hidden_sise=3"], output_dir=tmp_path)
+
+
+def run_train_cli(*overrides: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "muselab.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=Path(CONF_DIR).parent,
+        env={**__import__("os").environ, "HYDRA_FULL_ERROR": "0"},
+    )
+
+
+def test_cli_unknown_key_names_it() -> None:
+    result = run_train_cli("trainer.max_epoks=3", "hydra.run.dir=/tmp/muselab-test-bad")
+    assert result.returncode != 0
+    assert "max_epoks" in result.stderr + result.stdout
+
+
+def test_cli_wrong_type_names_key(tmp_path: Path) -> None:
+    result = run_train_cli("trainer.max_epochs=many", f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    out = result.stderr + result.stdout
+    assert "trainer.max_epochs" in out and "expects int" in out
