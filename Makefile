@@ -15,11 +15,11 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install train sample evaluate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
-	@echo "  Examples: make train MODEL=pianoroll_rnn DATA=nottingham data.root=/path trainer.max_epochs=20"
+	@echo "  Examples: make train MODEL=pianoroll_rnn DATA=nottingham data.source.root=/path trainer.max_epochs=20"
 	@echo "            make sample CKPT=outputs/.../checkpoints/last.ckpt N=4 OUT=samples"
 
 install: $(STAMP) ## Create .venv and install (torch==2.13.0 CPU first); idempotent
@@ -30,6 +30,11 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[dev]"
 	@touch $(STAMP)
+
+install-audio: ## Optional: Debian's fluidsynth + GM soundfont for audio (a fallback synth is used without)
+	@command -v fluidsynth >/dev/null && test -f /usr/share/sounds/sf2/FluidR3_GM.sf2 || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth fluid-soundfont-gm >/dev/null); }
 
 train: install ## Train: make train MODEL=pianoroll_rnn DATA=bach [hydra overrides]
 	$(PY) -m muselab.train model=$(MODEL) data=$(DATA) $(OVERRIDES)

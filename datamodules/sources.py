@@ -8,12 +8,17 @@ official split, its ``split``.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
+import json
+import logging
+import math
 import re
 import zipfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
 from xml.etree import ElementTree
@@ -187,7 +192,7 @@ def ensure_muspy_success(root: str | Path) -> Path:
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
-            f"dataset root {root} does not exist (set data.root=... or data.download=true)"
+            f"dataset root {root} does not exist (set data.source.root=... or data.source.download=true)"
         )
     (root / ".muspy.success").touch(exist_ok=True)
     return root
@@ -325,3 +330,484 @@ def load_boulanger(path: str | Path) -> dict[str, list[np.ndarray]]:
         seqs = mat[key].reshape(-1)
         out[split] = [np.asarray(s, dtype=bool).reshape(-1, 88) for s in seqs]
     return out
+
+
+# ------------------------------------------------------------------------- muspy datasets and corpora
+# The muspy dataset classes are used for what they do well (download, checksum, extract, and the
+# `.muspy.success` bookkeeping); listing and reading go through our own code so that ABC tunes are
+# split by `split_abc_tunes` and MIDI is parsed by symusic.
+
+
+log = logging.getLogger(__name__)
+
+
+def files_digest(root: Path, files: list[Path]) -> str:
+    """Hash of the relative path, size and modification time of ``files``: changes when content does."""
+    digest = hashlib.sha1()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(root).as_posix()}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+class MuspyDatasetSource(Source):
+    """Base class of the sources backed by a muspy remote dataset living in a local ``root`` folder.
+
+    With ``download=False`` the folder must already hold the data (extracted by hand, in any layout
+    below ``root``): the `.muspy.success` marker that muspy insists on is created here, then the muspy
+    class is constructed so it can check the folder. With ``download=True`` muspy downloads, verifies
+    and extracts the archive into ``root`` (once: it skips the work when the marker exists).
+    Subclasses set ``extensions`` and implement `dataset_class` and `items`.
+    """
+
+    name = "muspy"
+    extensions: tuple[str, ...] = MIDI_EXTENSIONS
+
+    def __init__(self, root: str, download: bool = False) -> None:
+        self.root = str(Path(root).expanduser())
+        self.download = bool(download)
+        self._prepared = False
+
+    def dataset_class(self) -> type[muspy.RemoteDataset]:
+        """The muspy class that knows this dataset's download URL and checksum."""
+        raise NotImplementedError
+
+    def _check_root(self) -> Path:
+        root = Path(self.root)
+        if not root.is_dir():
+            raise FileNotFoundError(
+                f"{self.name} dataset root {self.root} does not exist or is not a directory: point "
+                "data.source.root at a local copy or set data.source.download=true"
+            )
+        return root
+
+    def prepare(self) -> None:
+        """Download (``download=True``) or check the local folder, through the muspy dataset class."""
+        if self._prepared:
+            return
+        root = Path(self.root)
+        if self.download:
+            root.mkdir(parents=True, exist_ok=True)  # muspy creates only the last level
+        else:
+            self._check_root()
+            try:
+                ensure_muspy_success(root)
+            except OSError as exc:
+                # A read-only copy (a shared mount) cannot take the marker, so muspy would refuse it;
+                # our own listing needs neither, so read it as it is.
+                log.warning("%s: cannot mark %s for muspy (%s); reading it directly", self.name, root, exc)
+                self._prepared = True
+                return
+        # A ValueError means muspy found none of *its* files ("Nothing found in the directory."):
+        # MAESTRO kept as .mid instead of .midi, JSB as JSON only, or ABC files whose only tune starts
+        # on line 1 (muspy's splitter drops it). Our own listing decides whether the folder is empty.
+        with contextlib.suppress(ValueError):
+            self.dataset_class()(root, download_and_extract=self.download)
+        self._prepared = True
+
+    def files(self) -> list[Path]:
+        """The data files under ``root`` (after `prepare`); raises if there are none."""
+        self.prepare()
+        files = list_files(Path(self.root), self.extensions)
+        if not files:
+            raise FileNotFoundError(
+                f"no {'/'.join(self.extensions)} files under {self.root} (the {self.name} dataset root)"
+            )
+        return files
+
+    def fingerprint(self) -> dict[str, Any]:
+        # Fingerprinting happens before `prepare`; a download must land first so that the cache key
+        # hashes the real files and the next run finds the same cache.
+        if self.download:
+            self.prepare()
+        else:
+            self._check_root()
+        root = Path(self.root)
+        return {
+            "name": self.name,
+            "root": self.root,
+            "files": files_digest(root, list_files(root, self.extensions)),
+            **self._settings(),
+        }
+
+    def _settings(self) -> dict[str, Any]:
+        """Constructor arguments (other than root/download) that change the items."""
+        return {}
+
+
+class EssenSource(Source):
+    """The Essen folk songs that ship inside music21 (``corpus/essenFolksong/*.abc``; offline).
+
+    About 8,500 mostly German and Chinese folk melodies (one track, no chords) in 32 ABC files;
+    each tune is one piece, split out with our ABC splitter and parsed by music21. There is no
+    official split (hash split). ``limit`` keeps the first tunes in file order.
+    """
+
+    name = "essen"
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.limit = limit
+
+    @staticmethod
+    def folder() -> Path:
+        """Where music21 keeps the Essen ABC files."""
+        import music21
+
+        return Path(music21.corpus.__file__).parent / "essenFolksong"
+
+    def _files(self) -> list[Path]:
+        folder = self.folder()
+        files = list_files(folder, ABC_EXTENSIONS) if folder.is_dir() else []
+        if not files:
+            raise FileNotFoundError(f"no Essen ABC files in the music21 corpus at {folder}")
+        return files
+
+    def items(self) -> list[SourceItem]:
+        items: list[SourceItem] = []
+        for path in self._files():
+            items += abc_items(path, f"essenFolksong/{path.name}")
+            if self.limit and len(items) >= self.limit:
+                break
+        return items[: self.limit] if self.limit else items
+
+    def fingerprint(self) -> dict[str, Any]:
+        folder = self.folder()
+        return {"name": self.name, "limit": self.limit, "files": files_digest(folder, self._files())}
+
+
+class NottinghamSource(MuspyDatasetSource):
+    """The Nottingham Music Database: ~1,000 British and American folk tunes in 14 ABC files.
+
+    Backed by `muspy.NottinghamDatabase` for the download; the tunes are split with our own ABC
+    splitter, because muspy's drops a tune whose ``X:`` line is the first line of its file (one tune
+    of the real database, and the only tune of such a one-tune file). With ``chords=True`` each piece has two tracks, melody then the
+    chord symbols realised as block chords (each held until the next symbol); ``chords=False`` keeps
+    the melody only. No official split (hash split).
+
+    Args:
+        root: folder holding the ``.abc`` files (any depth), or where to download them.
+        download: download with muspy if the folder has no ``.muspy.success`` marker yet.
+        chords: add the accompaniment chord track.
+    """
+
+    name = "nottingham"
+    extensions = ABC_EXTENSIONS
+
+    def __init__(self, root: str, download: bool = False, chords: bool = True) -> None:
+        super().__init__(root, download)
+        self.chords = bool(chords)
+
+    def dataset_class(self) -> type[muspy.RemoteDataset]:
+        return muspy.NottinghamDatabase
+
+    def items(self) -> list[SourceItem]:
+        root = Path(self.root)
+        items = [item for path in self.files() for item in abc_items(path, path.relative_to(root).as_posix())]
+        return [replace(item, loader="abc_chords") for item in items] if self.chords else items
+
+    def _settings(self) -> dict[str, Any]:
+        return {"chords": self.chords}
+
+
+def _parse_abc(item: SourceItem) -> muspy.Music:
+    import music21
+
+    text = item.payload
+    if text is None:
+        text = split_abc_tunes(Path(item.path).read_text(encoding="utf-8", errors="replace"))[item.index][1]
+    return muspy.from_music21(music21.converter.parse(text, format="abc", forceSource=True))
+
+
+@loader("abc_chords")
+def _load_abc_with_chords(item: SourceItem) -> NoteTable:
+    """One ABC tune as melody + chord tracks.
+
+    muspy files music21's chord symbols (``"Am"``) as zero-length `muspy.Chord`s beside the notes
+    and `NoteTable.from_music` ignores chords, so both are rebuilt here: a chord with a duration is
+    a chord written in the melody (``[ceg]``) and joins it; a chord symbol sounds until the next one.
+    """
+    music = _parse_abc(item)
+    table = NoteTable.from_music(music)
+    written, symbols = [], []
+    for track in music.tracks:
+        for chord in track.chords:
+            velocity = chord.velocity if chord.velocity is not None else 64
+            if chord.duration > 0:
+                written += [(chord.time, chord.duration, p, velocity) for p in chord.pitches]
+            else:
+                symbols.append((chord.time, list(chord.pitches), velocity))
+    melody = table.tracks[0] if table.tracks else TrackNotes(np.zeros((0, 4)))
+    if written:
+        melody.notes = np.concatenate([melody.notes, np.array(written, dtype=np.int64)])
+        melody.notes = melody.notes[np.lexsort((melody.notes[:, 2], melody.notes[:, 0]))]
+    melody.name = melody.name or "melody"
+    end = max(table.end_tick, max((t for t, _, _ in symbols), default=0) + table.resolution)
+    symbols.sort(key=lambda s: s[0])
+    rows = []
+    for n, (time, pitches, velocity) in enumerate(symbols):
+        # A symbol lasts until the next one at a later time (an "N.C." has no pitches: a break).
+        until = next((t for t, _, _ in symbols[n + 1 :] if t > time), end)
+        rows += [(time, until - time, p, velocity) for p in pitches if until > time]
+    chords = TrackNotes(np.array(rows, dtype=np.int64).reshape(-1, 4), program=0, name="chords")
+    table.tracks = [melody, chords, *table.tracks[1:]]
+    return table
+
+
+JSB_VOICES = ("soprano", "alto", "tenor", "bass")
+JSB_SPLITS: dict[str, str] = {"train": "train", "valid": "val", "test": "test"}
+
+
+def _rank_voice(rank: int, count: int) -> int:
+    """Voice (0 = soprano .. 3 = bass) of the ``rank``-th highest of ``count`` sounding notes."""
+    if rank == 0:
+        return 0
+    if rank == count - 1:
+        return 3
+    middle = count - 2
+    return 1 if rank - 1 < (middle + 1) // 2 else 2
+
+
+def voices_by_rank(notes: np.ndarray) -> list[TrackNotes]:
+    """Split merged chorale notes into soprano/alto/tenor/bass tracks by pitch rank.
+
+    Each note takes the voice of its rank among the notes sounding at its onset: highest soprano,
+    lowest bass, the ones between alto then tenor. Exact for four-note chords; a unison (three notes
+    sounding) leaves the tenor silent. No note is dropped, so merging the tracks gives back the input.
+    """
+    notes = np.asarray(notes, dtype=np.int64).reshape(-1, 4)
+    onset, end, pitch = notes[:, 0], notes[:, 0] + notes[:, 1], notes[:, 2]
+    index = np.arange(len(notes))
+    voice = np.zeros(len(notes), dtype=np.int64)
+    for i in range(len(notes)):
+        sounding = (onset <= onset[i]) & (end > onset[i])
+        sounding[i] = True
+        above = sounding & ((pitch > pitch[i]) | ((pitch == pitch[i]) & (index < i)))
+        voice[i] = _rank_voice(int(above.sum()), int(sounding.sum()))
+    return [TrackNotes(notes[voice == v], program=52, name=name) for v, name in enumerate(JSB_VOICES)]
+
+
+def _pitch_runs(steps: list[set[tuple[int, int]]]) -> np.ndarray:
+    """Notes ``(onset, duration, pitch, slot)`` from time steps of ``(slot, pitch)`` sets; repeats are held."""
+    rows, started = [], {}  # (slot, pitch) -> onset step
+    for t, step in enumerate([*steps, set()]):
+        for key in [k for k in started if k not in step]:
+            onset = started.pop(key)
+            rows.append((onset, t - onset, key[1], key[0]))
+        for key in step:
+            started.setdefault(key, t)
+    return np.array(sorted(rows), dtype=np.int64).reshape(-1, 4)
+
+
+def jsb_steps_to_table(steps: list[Any], steps_per_quarter: int) -> NoteTable:
+    """A JSB chorale given as time steps of MIDI pitches (one tick per step) as a `NoteTable`.
+
+    Voice-separated data (exactly four entries per step, rests as -1 or NaN, as in coconet's
+    ``Jsb16thSeparated.json``) keeps its voices, ordered high to low by mean pitch; chord lists
+    (Boulanger-Lewandowski's ``jsb-chorales-*.json``: the sounding pitches, any number) are split
+    into voices with `voices_by_rank`. The data does not tell a held note from a repeated one:
+    consecutive steps with the same pitch in a voice become one note.
+    """
+
+    def clean(value: Any) -> int | None:
+        if value is None or (isinstance(value, float) and math.isnan(value)) or value < 0:
+            return None
+        return round(float(value))
+
+    rows = [[clean(p) for p in (step if isinstance(step, list | tuple) else [step])] for step in steps]
+    if rows and all(len(step) == 4 for step in rows):
+        runs = _pitch_runs([{(slot, p) for slot, p in enumerate(step) if p is not None} for step in rows])
+        slots = [runs[runs[:, 3] == s] for s in range(4)]
+        slots.sort(key=lambda s: -s[:, 2].mean() if len(s) else float("inf"))
+        tracks = [
+            TrackNotes(np.column_stack([s[:, :3], np.full(len(s), 80)]), program=52, name=name)
+            for s, name in zip(slots, JSB_VOICES)
+        ]
+    else:
+        # Chord lists carry no voice slots: a note is a run of one pitch, whatever its position.
+        runs = _pitch_runs([{(0, p) for p in step if p is not None} for step in rows])
+        runs[:, 3] = 80
+        tracks = voices_by_rank(runs)
+    return NoteTable(resolution=int(steps_per_quarter), tracks=tracks)
+
+
+@loader("jsb_steps")
+def _load_jsb_steps(item: SourceItem) -> NoteTable:
+    steps, steps_per_quarter = item.payload
+    return jsb_steps_to_table(steps, steps_per_quarter)
+
+
+@loader("jsb_midi")
+def _load_jsb_midi(item: SourceItem) -> NoteTable:
+    table = NoteTable.read_midi(item.path)
+    if table.resolution == 100:
+        # As muspy's JSBChoralesDataset.read notes, these files say 100 ticks per quarter but are
+        # written at 120.
+        table.resolution = 120
+    tracks = [t for t in table.tracks if not t.is_drum and len(t.notes)]
+    if len(tracks) == 4:
+        tracks.sort(key=lambda t: -t.notes[:, 2].mean())
+        for track, name in zip(tracks, JSB_VOICES):
+            track.name = name
+        table.tracks = tracks
+    else:
+        # The Boulanger-Lewandowski files hold the chorale as one stream of chords.
+        table.tracks = voices_by_rank(np.concatenate([t.notes for t in tracks]) if tracks else [])
+    return table
+
+
+class JSBSource(MuspyDatasetSource):
+    """The 382 JSB chorales of Boulanger-Lewandowski (2012), with the official train/valid/test split.
+
+    Two on-disk forms are read, both keeping the official split (``valid`` becomes ``val``):
+
+    - MIDI under ``<split>/`` folders, as `muspy.JSBChoralesDataset` downloads them
+      (``JSB Chorales/{train,valid,test}/*.mid``; the files' 100 ticks per quarter are read as 120);
+    - JSON files with ``train``/``valid``/``test`` keys, each a list of chorales, each a list of time
+      steps of MIDI pitches (czhuang/JSB-Chorales-dataset: ``Jsb16thSeparated.json`` with four voices
+      per step, or ``jsb-chorales-{16th,8th,quarter}.json`` with chord lists).
+
+    Every piece has four tracks named soprano, alto, tenor and bass: the real voices where the data
+    has them (``Jsb16thSeparated``), otherwise voices by pitch rank (see `voices_by_rank`). If a
+    folder holds several forms, each is read (the same chorale then appears once per form).
+
+    Args:
+        root: the dataset folder, or where to download it.
+        download: download the MIDI form with muspy.
+        steps_per_quarter: time steps per quarter note of the JSON files; ``None`` reads it from the
+            file name (``16th`` = 4, ``8th`` = 2, ``quarter`` = 1).
+    """
+
+    name = "jsb"
+    extensions = (*MIDI_EXTENSIONS, ".json")
+    STEPS_IN_NAME: ClassVar[dict[str, int]] = {"16th": 4, "8th": 2, "quarter": 1}
+
+    def __init__(self, root: str, download: bool = False, steps_per_quarter: int | None = None) -> None:
+        super().__init__(root, download)
+        self.steps_per_quarter = steps_per_quarter
+
+    def dataset_class(self) -> type[muspy.RemoteDataset]:
+        return muspy.JSBChoralesDataset
+
+    def _steps_per_quarter(self, path: Path) -> int:
+        if self.steps_per_quarter:
+            return int(self.steps_per_quarter)
+        for word, steps in self.STEPS_IN_NAME.items():
+            if word in path.name.lower():
+                return steps
+        raise ValueError(
+            f"cannot tell the time resolution of {path} from its name: set data.source.steps_per_quarter"
+        )
+
+    def items(self) -> list[SourceItem]:
+        root = Path(self.root)
+        items: list[SourceItem] = []
+        for path in self.files():
+            key = path.relative_to(root).as_posix()
+            if path.suffix.lower() == ".json":
+                if key.startswith("_converted/"):  # muspy's own converted copies
+                    continue
+                data = json.loads(path.read_text(encoding="utf-8"))
+                if not isinstance(data, dict) or not set(JSB_SPLITS) & set(data):
+                    continue
+                steps_per_quarter = self._steps_per_quarter(path)
+                for name, split in JSB_SPLITS.items():
+                    for i, steps in enumerate(data.get(name, [])):
+                        payload = (steps, steps_per_quarter)
+                        items.append(
+                            SourceItem(f"{key}/{name}/{i:04d}", "jsb_steps", str(path), i, split, payload)
+                        )
+            else:
+                folders = [p.lower() for p in path.relative_to(root).parts[:-1]]
+                split = next((JSB_SPLITS[f] for f in reversed(folders) if f in JSB_SPLITS), None)
+                items.append(SourceItem(key, "jsb_midi", str(path), split=split))
+        if not items:
+            raise FileNotFoundError(
+                f"no JSB chorales (MIDI, or JSON with train/valid/test) under {self.root}"
+            )
+        return items
+
+    def _settings(self) -> dict[str, Any]:
+        return {"steps_per_quarter": self.steps_per_quarter}
+
+
+class LakhSource(MuspyDatasetSource):
+    """The Lakh MIDI Dataset (Raffel 2016): ``full`` (176k files), ``matched`` or ``aligned`` (45k).
+
+    `muspy.LakhMIDIDataset` / `LakhMIDIMatchedDataset` / `LakhMIDIAlignedDataset` handle the download;
+    the ``.mid`` files under ``root`` are read with symusic. Broken files (there are some) are skipped
+    and counted by the cache. No official split (hash split on the file path).
+    """
+
+    name = "lakh"
+    VARIANTS: ClassVar[dict[str, str]] = {
+        "full": "LakhMIDIDataset",
+        "matched": "LakhMIDIMatchedDataset",
+        "aligned": "LakhMIDIAlignedDataset",
+    }
+
+    def __init__(self, root: str, variant: str = "full", download: bool = False) -> None:
+        if variant not in self.VARIANTS:
+            raise ValueError(f"variant must be one of {', '.join(self.VARIANTS)}, not {variant!r}")
+        super().__init__(root, download)
+        self.variant = variant
+
+    def dataset_class(self) -> type[muspy.RemoteDataset]:
+        return getattr(muspy, self.VARIANTS[self.variant])
+
+    def items(self) -> list[SourceItem]:
+        return file_items(Path(self.root), self.files())
+
+    def _settings(self) -> dict[str, Any]:
+        return {"variant": self.variant}
+
+
+class MaestroSource(MuspyDatasetSource):
+    """MAESTRO (Hawthorne et al. 2019): ~1,300 virtuoso piano performances, with the official split.
+
+    `muspy.MAESTRODatasetV3` (``version=3``) or ``V2``/``V1`` handle the download. The split comes from
+    the ``split`` column of the ``maestro-v*.csv`` file found under ``root`` (``validation`` becomes
+    ``val``), matched to the MIDI files through its ``midi_filename`` column, which is relative to the
+    CSV's folder. MIDI files with no CSV row get no official split and are hash-split.
+    """
+
+    name = "maestro"
+    extensions = (*MIDI_EXTENSIONS, ".csv")
+    CLASSES: ClassVar[dict[int, str]] = {1: "MAESTRODatasetV1", 2: "MAESTRODatasetV2", 3: "MAESTRODatasetV3"}
+    SPLIT_NAMES: ClassVar[dict[str, str]] = {"train": "train", "validation": "val", "test": "test"}
+
+    def __init__(self, root: str, version: int = 3, download: bool = False) -> None:
+        if int(version) not in self.CLASSES:
+            raise ValueError(f"MAESTRO version must be 1, 2 or 3, not {version!r}")
+        super().__init__(root, download)
+        self.version = int(version)
+
+    def dataset_class(self) -> type[muspy.RemoteDataset]:
+        return getattr(muspy, self.CLASSES[self.version])
+
+    def official_splits(self, files: list[Path]) -> dict[Path, str]:
+        """Resolved MIDI path -> split, from this version's ``maestro-v*.csv`` (any version's if absent)."""
+        tables = [p for p in files if p.suffix.lower() == ".csv" and p.name.lower().startswith("maestro")]
+        own = [p for p in tables if p.name.lower().startswith(f"maestro-v{self.version}")]
+        splits: dict[Path, str] = {}
+        for table in own or tables:
+            with table.open(newline="", encoding="utf-8") as fh:
+                for row in csv.DictReader(fh):
+                    split = self.SPLIT_NAMES.get((row.get("split") or "").strip().lower())
+                    if split and row.get("midi_filename"):
+                        splits[(table.parent / row["midi_filename"]).resolve()] = split
+        return splits
+
+    def items(self) -> list[SourceItem]:
+        root = Path(self.root)
+        files = self.files()
+        splits = self.official_splits(files)
+        midi = [p for p in files if p.suffix.lower() in MIDI_EXTENSIONS]
+        if not midi:
+            raise FileNotFoundError(f"no MIDI files under {self.root} (the maestro dataset root)")
+        return [
+            SourceItem(p.relative_to(root).as_posix(), "midi", str(p), split=splits.get(p.resolve()))
+            for p in midi
+        ]
+
+    def _settings(self) -> dict[str, Any]:
+        return {"version": self.version}
