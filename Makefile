@@ -10,7 +10,7 @@ N ?= 4
 OUT ?= samples
 CKPT ?=
 # Free Hydra overrides: everything after the target that looks like key=value.
-OVERRIDES := $(filter-out MODEL=% DATA=% N=% OUT=% CKPT=%,$(filter %=%,$(MAKEOVERRIDES)))
+OVERRIDES = $(filter-out MODEL=% DATA=% N=% OUT=% CKPT=%,$(MAKEOVERRIDES))
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
