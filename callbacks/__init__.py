@@ -1,0 +1,1 @@
+"""Lightning callbacks and evaluation metrics for MuseLab (sampling, rendering, music metrics)."""
