@@ -8,6 +8,7 @@ and a re-run redoes just the missing ones. Files that cannot be used are skipped
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import logging
@@ -54,8 +55,14 @@ class CachedCorpus:
 
 def cache_key(source: Source, representation: Representation) -> str:
     """Hash of everything that determines the cached content."""
+    return _hash_config(source.fingerprint(), representation.to_config())
+
+
+def _hash_config(fingerprint: dict[str, Any], representation_config: dict[str, Any]) -> str:
+    # Split out of `cache_key` so `build_cache` fingerprints a source once (a folder fingerprint
+    # stats every file).
     blob = json.dumps(
-        {"v": CACHE_VERSION, "source": source.fingerprint(), "representation": representation.to_config()},
+        {"v": CACHE_VERSION, "source": fingerprint, "representation": representation_config},
         sort_keys=True,
         default=str,
     )
@@ -85,8 +92,33 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
     return array, ""
 
 
-def _worker(args: tuple[SourceItem, Representation, int]) -> tuple[Any, str]:
-    return process_item(*args)
+# An encoded piece as stored: (data, shape of one time step, packed). Bool rolls are bit-packed
+# along the last axis in the worker, which also makes the result 8x smaller to send back.
+Packed = tuple[np.ndarray, tuple[int, ...], bool]
+
+
+def _pack(array: Any) -> Packed:
+    """``np.packbits(array, axis=-1)`` for a bool array of two or more axes; others pass unchanged."""
+    array = np.asarray(array)
+    if array.dtype != bool or array.ndim < 2:
+        # A 1-D bool array packs along time, which does not commute with concatenating pieces:
+        # `_write_shard` packs it after concatenation.
+        return array, array.shape[1:], False
+    width = array.shape[-1]
+    rows = array.reshape(int(np.prod(array.shape[:-1])), width)
+    if width % 8:
+        # packbits along a last axis that is not a whole number of bytes is about twice as slow as
+        # packing a flat buffer; zero-padding each row to whole bytes gives the same bytes.
+        padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=bool)
+        padded[:, :width] = rows
+        rows = padded
+    packed = np.packbits(rows.reshape(-1)).reshape(*array.shape[:-1], -(-width // 8))
+    return packed, array.shape[1:], True
+
+
+def _worker(args: tuple[SourceItem, Representation, int]) -> tuple[Packed | None, str]:
+    array, reason = process_item(*args)
+    return (None if array is None else _pack(array)), reason
 
 
 def _atomic_save(path: Path, **arrays: Any) -> None:
@@ -108,23 +140,45 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _write_shard(path: Path, items: list[SourceItem], results: list[tuple[Any, str]]) -> None:
-    kept = [(item, array) for item, (array, _) in zip(items, results) if array is not None]
-    skipped = [(item.key, reason) for item, (array, reason) in zip(items, results) if array is None]
-    arrays = [np.asarray(a) for _, a in kept]
-    lengths = np.array([len(a) for a in arrays], dtype=np.int64)
-    data = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int16)
-    is_bool = data.dtype == bool
+@dataclass
+class _ShardMeta:
+    """What the manifest needs from a shard, without its (large) data."""
+
+    lengths: list[int]
+    skipped: list[tuple[str, str]]
+
+
+def _write_shard(path: Path, items: list[SourceItem], results: list[tuple[Packed | None, str]]) -> _ShardMeta:
+    kept = [(item, packed) for item, (packed, _) in zip(items, results) if packed is not None]
+    skipped = [(item.key, reason) for item, (packed, reason) in zip(items, results) if packed is None]
+    lengths = [len(data) for _, (data, _, _) in kept]
+    if kept:
+        # Packing along the last axis commutes with concatenating along the first, so the file is
+        # the same as packing the concatenated arrays.
+        data = np.concatenate([data for _, (data, _, _) in kept])
+        step_shape, is_bool = kept[0][1][1], kept[0][1][2]
+        shape = (sum(lengths), *step_shape)
+        if data.dtype == bool:  # not packed by `_pack` (1-D)
+            data, is_bool = np.packbits(data, axis=-1), True
+    else:
+        data, shape, is_bool = np.zeros(0, dtype=np.int16), (0,), False
     _atomic_save(
         path,
-        data=np.packbits(data, axis=-1) if is_bool else data,
-        shape=np.array(data.shape, dtype=np.int64),
+        data=data,
+        shape=np.array(shape, dtype=np.int64),
         packed=np.array(is_bool),
-        lengths=lengths,
+        lengths=np.array(lengths, dtype=np.int64),
         keys=np.array([item.key for item, _ in kept], dtype=str),
         splits=np.array([item.split or "" for item, _ in kept], dtype=str),
         skipped=np.array(json.dumps(skipped)),
     )
+    return _ShardMeta(lengths, skipped)
+
+
+def _read_shard_meta(path: Path) -> _ShardMeta:
+    # np.load of an .npz reads members lazily: this never touches "data".
+    with np.load(path, allow_pickle=False) as f:
+        return _ShardMeta([int(n) for n in f["lengths"]], [tuple(s) for s in json.loads(str(f["skipped"]))])
 
 
 def _read_shard(path: Path) -> tuple[list[np.ndarray], list[str], list[str | None], list[tuple[str, str]]]:
@@ -132,7 +186,8 @@ def _read_shard(path: Path) -> tuple[list[np.ndarray], list[str], list[str | Non
         shape = tuple(int(s) for s in f["shape"])
         data = f["data"]
         if bool(f["packed"]):
-            data = np.unpackbits(data, axis=-1, count=shape[-1]).astype(bool)
+            # unpackbits gives 0/1 bytes, so viewing them as bool is exact and saves a copy.
+            data = np.unpackbits(data, axis=-1, count=shape[-1]).view(bool)
         data = data.reshape(shape)
         offsets = np.concatenate([[0], np.cumsum(f["lengths"])])
         arrays = [data[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
@@ -152,7 +207,9 @@ def build_cache(
     progress: bool = True,
 ) -> Path:
     """Preprocess ``source`` into ``cache_dir/<source>-<hash>/`` (reusing whole shards) and return it."""
-    directory = Path(cache_dir).expanduser() / f"{source.name}-{cache_key(source, representation)}"
+    fingerprint = source.fingerprint()
+    key = _hash_config(fingerprint, representation.to_config())
+    directory = Path(cache_dir).expanduser() / f"{source.name}-{key}"
     manifest_path = directory / "manifest.json"
     if manifest_path.is_file():
         log.info("Reusing preprocessed cache %s", directory)
@@ -169,8 +226,17 @@ def build_cache(
             "Preprocessing %d of %d pieces from %s with %d processes", n_todo, len(items), source.name, n_jobs
         )
     bar = tqdm(total=n_todo, desc=f"preprocess {source.name}", unit="piece", disable=not progress or not todo)
-    pool = mp.get_context("fork").Pool(n_jobs) if n_jobs > 1 and n_todo > 1 else None
+    # Parsers (music21, muspy's MusicXML reader) allocate many small objects, and every full garbage
+    # collection walks all objects alive, which in a process that imported torch and Lightning are
+    # hundreds of thousands: freezing them out of the collector made MusicXML loading 3x faster.
+    # Freezing before the fork also keeps the workers from touching (and so copying) those pages.
+    froze = bool(todo) and gc.get_freeze_count() == 0
+    pool = None
+    metas: dict[int, _ShardMeta] = {}
     try:
+        if froze:
+            gc.freeze()
+        pool = mp.get_context("fork").Pool(n_jobs) if n_jobs > 1 and n_todo > 1 else None
         for i in todo:
             args = [(item, representation, min_steps) for item in shards[i]]
             results = []
@@ -178,18 +244,26 @@ def build_cache(
             for result in iterator:
                 results.append(result)
                 bar.update(1)
-            _write_shard(directory / f"shard-{i:05d}.npz", shards[i], results)
+            metas[i] = _write_shard(directory / f"shard-{i:05d}.npz", shards[i], results)
     finally:
         bar.close()
         if pool:
             pool.terminate()
-    corpus = load_cache(directory, require_manifest=False)
+        if froze:
+            gc.unfreeze()
+    # The manifest is summed from shard metadata: shards written now are known, older ones (a resumed
+    # run) are read without their data, so finishing never decodes the whole corpus again.
+    for i in range(len(shards)):
+        if i not in metas:
+            metas[i] = _read_shard_meta(directory / f"shard-{i:05d}.npz")
+    lengths = [n for i in sorted(metas) for n in metas[i].lengths]
+    summary = CachedCorpus([], [], [], [s for i in sorted(metas) for s in metas[i].skipped])
     manifest = {
-        "source": source.fingerprint(),
+        "source": fingerprint,
         "representation": representation.to_config(),
-        "pieces": len(corpus.arrays),
-        "steps": int(sum(len(a) for a in corpus.arrays)),
-        **corpus.skipped_summary(first=20),
+        "pieces": len(lengths),
+        "steps": int(sum(lengths)),
+        **summary.skipped_summary(first=20),
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str))
     return directory
