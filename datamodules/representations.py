@@ -61,6 +61,20 @@ class Representation(ABC):
     def steps_per_bar(self, beats_per_bar: int = 4) -> int:
         return self.steps_per_beat * beats_per_bar
 
+    def new_music(self, n_steps: int) -> muspy.Music:
+        """Empty 4/4 music at this representation's resolution, ``n_steps`` long.
+
+        Bar lines up to ``n_steps`` keep trailing silence part of the piece, so that metrics such as
+        empty-bar rate see a generated piece's full length, not just up to its last note.
+        """
+        bar = self.steps_per_bar()
+        return muspy.Music(
+            resolution=self.steps_per_beat,
+            tempos=[muspy.Tempo(0, 100.0)],
+            time_signatures=[muspy.TimeSignature(0, 4, 4)],
+            barlines=[muspy.Barline(t) for t in [*range(0, n_steps, bar), n_steps] if n_steps > 0],
+        )
+
     def quantize(self, ticks: np.ndarray, resolution: int) -> np.ndarray:
         """Ticks to steps, rounding to the nearest step."""
         return np.rint(ticks * (self.steps_per_beat / resolution)).astype(np.int64)
@@ -201,7 +215,7 @@ class PianoRollRepresentation(Representation):
 
     def decode(self, array: np.ndarray) -> muspy.Music:
         roll = np.asarray(array).astype(bool).reshape(len(array), self.n_tracks, self.n_pitches)
-        music = muspy.Music(resolution=self.steps_per_beat, tempos=[muspy.Tempo(0, 100.0)])
+        music = self.new_music(len(roll))
         # Pad with silence on both ends so that every run of "on" has a rising and a falling edge.
         padded = np.pad(roll, ((1, 1), (0, 0), (0, 0))).astype(np.int8)
         edges = np.diff(padded, axis=0)
@@ -338,8 +352,9 @@ class MelodyRepresentation(Representation):
                 current = (step, int(token) - self.FIRST_NOTE_ON + self.pitch_low)
         if current is not None:
             notes.append(muspy.Note(current[0], current[1], len(tokens) - current[0], 80))
-        track = muspy.Track(program=0, name="melody", notes=notes)
-        return muspy.Music(resolution=self.steps_per_beat, tempos=[muspy.Tempo(0, 100.0)], tracks=[track])
+        music = self.new_music(len(tokens))
+        music.tracks.append(muspy.Track(program=0, name="melody", notes=notes))
+        return music
 
     def describe(self) -> dict[str, Any]:
         return {
