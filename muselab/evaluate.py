@@ -1,0 +1,286 @@
+"""Evaluate a checkpoint: ``python -m muselab.evaluate ckpt=PATH n=16`` (or ``make evaluate``).
+
+1. loads the model with `lightning_modules.base.load_model` (any MuseLab model);
+2. rebuilds the datamodule from the run's saved Hydra config (``<run>/.hydra/config.yaml`` beside
+   ``checkpoints/``; ``${hydra:...}`` values come from ``<run>/.hydra/hydra.yaml``);
+3. runs ``Trainer.test``: ``test/loss`` is the model's NLL per step on the test split (nats; also
+   given in bits);
+4. generates ``n`` pieces and measures them against real test windows of the same length: music
+   metrics (``sample/`` vs ``data/``), their distribution overlap (``overfit/overlap_<metric>``)
+   and memorisation of the training set (``overfit/memorization``; ``data/memorization`` is the same
+   measure on the real test windows, the baseline to read it against);
+5. writes ``evaluation.json`` and ``evaluation.md`` (piano-rolls embedded, audio linked) to ``out``
+   (default ``<run>/evaluation``), with the samples as MIDI, PNG and WAV.
+
+Arguments (``key=value``): ``ckpt`` (required), ``n`` (16), ``out`` (``<run>/evaluation``),
+``steps`` (0: 16 bars), ``temperature`` (1.0), ``seed`` (0), ``n_real`` (64), ``n_audio`` (2),
+``audio_backend`` (auto), ``batch_size`` (0: the run's), ``accelerator`` (cpu).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from callbacks.memorization import MemorizationIndex
+from callbacks.music_metrics import METRIC_NAMES
+from callbacks.rendering import resolve_backend
+from callbacks.sample_music import music_report, n_notes, real_windows, write_pieces
+from lightning_modules.base import load_model
+from muselab.utils import parse_kv_args
+
+log = logging.getLogger("muselab.evaluate")
+DEFAULTS: dict[str, Any] = {
+    "ckpt": "",
+    "n": 16,
+    "out": "",
+    "steps": 0,
+    "temperature": 1.0,
+    "seed": 0,
+    "n_real": 64,
+    "n_audio": 2,
+    "audio_backend": "auto",
+    "batch_size": 0,
+    "accelerator": "cpu",
+}
+HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([^}]+)\}")
+
+
+def find_run_dir(ckpt: str | Path) -> Path | None:
+    """The run directory of a checkpoint: the nearest parent holding ``.hydra/config.yaml``."""
+    for parent in Path(ckpt).resolve().parents:
+        if (parent / ".hydra" / "config.yaml").is_file():
+            return parent
+    return None
+
+
+def load_run_config(run_dir: str | Path) -> DictConfig:
+    """A run's saved Hydra config with every interpolation resolvable outside a Hydra app.
+
+    Hydra saves ``config.yaml`` unresolved: ``${hydra:runtime.choices.data}``,
+    ``${hydra:runtime.cwd}`` and ``${hydra:runtime.output_dir}`` only resolve inside the app that
+    wrote them. They are replaced by their values from ``hydra.yaml`` (saved beside it), without
+    touching Hydra's global state; ``paths.output_dir`` becomes the run directory where it is now
+    (it may have been moved), and a missing ``hydra.yaml`` falls back to the current directory.
+    """
+    run_dir = Path(run_dir).resolve()
+    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+    hydra_file = run_dir / ".hydra" / "hydra.yaml"
+    hydra_cfg = OmegaConf.load(hydra_file).get("hydra", {}) if hydra_file.is_file() else OmegaConf.create()
+    fallbacks = {"runtime.cwd": str(Path.cwd()), "runtime.output_dir": str(run_dir)}
+
+    def hydra_value(match: re.Match) -> str:
+        key = match.group(1).strip()
+        if key == "runtime.output_dir":
+            return str(run_dir)
+        value = OmegaConf.select(hydra_cfg, key, default=None)
+        if value is None:
+            value = fallbacks.get(key, "unknown")
+        return str(value)
+
+    def substitute(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: substitute(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [substitute(v) for v in node]
+        if isinstance(node, str) and "${hydra:" in node:
+            return HYDRA_INTERPOLATION.sub(hydra_value, node)
+        return node
+
+    container = substitute(OmegaConf.to_container(cfg, resolve=False))
+    container.pop("hydra", None)
+    return OmegaConf.create(container)
+
+
+def _num(value: Any) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def evaluate(
+    ckpt: str,
+    n: int = 16,
+    out: str = "",
+    steps: int = 0,
+    temperature: float = 1.0,
+    seed: int = 0,
+    n_real: int = 64,
+    n_audio: int = 2,
+    audio_backend: str = "auto",
+    batch_size: int = 0,
+    accelerator: str = "cpu",
+) -> dict[str, Any]:
+    """Evaluate ``ckpt`` (see the module docstring); returns what ``evaluation.json`` holds."""
+    start = time.perf_counter()
+    ckpt_path = Path(ckpt).resolve()
+    model = load_model(ckpt_path)
+    run_dir = find_run_dir(ckpt_path)
+    if run_dir is None:
+        raise FileNotFoundError(
+            f"no .hydra/config.yaml above {ckpt_path}: evaluate needs the run directory the checkpoint was "
+            "trained in (muselab.train writes it)"
+        )
+    out_dir = Path(out) if out else run_dir / "evaluation"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cfg = load_run_config(run_dir)
+    datamodule = instantiate(cfg.data, _convert_="all")
+    if batch_size:
+        datamodule.batch_size = batch_size
+    if datamodule.representation.to_config() != model.representation.to_config():
+        log.warning("the run's data representation differs from the checkpoint's; using the checkpoint's")
+    datamodule.prepare_data()
+    datamodule.setup()
+
+    # 1. Test-split loss: the model's own NLL per step, exactly as training logged it.
+    trainer = L.Trainer(
+        accelerator=accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(out_dir),
+    )
+    [test_results] = trainer.test(model, datamodule=datamodule, verbose=False)
+    metrics: dict[str, float | None] = {k: _num(v) for k, v in test_results.items()}
+    if metrics.get("test/loss") is not None:
+        metrics["test/bits_per_step"] = metrics["test/loss"] / math.log(2)
+
+    # 2. Samples vs real test windows of the same length.
+    representation = model.representation
+    steps = steps or 16 * representation.steps_per_bar()
+    L.seed_everything(seed, verbose=False)
+    musics = model.sample(n, steps, temperature)
+    real = real_windows(datamodule.split_arrays["test"], representation, steps, n_real)
+    n_bars = max(1, min(4, steps // representation.steps_per_bar()))
+    index = MemorizationIndex(datamodule.split_arrays["train"], representation, n_bars=n_bars)
+    generated_metrics, data_metrics = music_report(musics, real, index)
+    metrics.update(generated_metrics)
+    metrics.update(data_metrics)
+    if real:
+        metrics["data/n_notes"] = sum(n_notes(r) for r in real) / len(real)
+        metrics["data/memorization"] = float(index.score_music(real))
+
+    # 3. Files: every sample as MIDI + PNG (audio for the first few), and two real windows.
+    backend = resolve_backend(audio_backend)
+    samples = write_pieces(musics, out_dir / "samples", "sample", n_audio, True, audio_backend)
+    reals = write_pieces(real[:2], out_dir / "real", "real", min(1, n_audio), True, audio_backend)
+
+    report = {
+        "checkpoint": str(ckpt_path),
+        "run_dir": str(run_dir),
+        "model": f"{type(model).__module__}.{type(model).__qualname__}",
+        "data": str(cfg.data.get("name", "")),
+        "n_samples": n,
+        "steps": steps,
+        "temperature": temperature,
+        "seed": seed,
+        "n_real": len(real),
+        "test_windows": len(datamodule.datasets["test"]),
+        "memorization_bars": n_bars,
+        "audio_backend": backend,
+        "metrics": metrics,
+        "samples": [_relative(f, out_dir) for f in samples],
+        "real": [_relative(f, out_dir) for f in reals],
+        "seconds": time.perf_counter() - start,
+    }
+    (out_dir / "evaluation.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "evaluation.md").write_text(markdown_report(report))
+    log.info("Wrote %s and %s", out_dir / "evaluation.json", out_dir / "evaluation.md")
+    return report
+
+
+def _relative(files: dict[str, Path | None], root: Path) -> dict[str, str | None]:
+    return {k: (str(v.relative_to(root)) if v is not None else None) for k, v in files.items()}
+
+
+def _fmt(value: float | None) -> str:
+    return "–" if value is None else f"{value:.4g}"
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+    """The Markdown evaluation report: losses, metric table, memorisation, piano-rolls and audio."""
+    m = report["metrics"]
+    lines = [
+        f"# Evaluation of `{Path(report['checkpoint']).name}`",
+        "",
+        f"- checkpoint: `{report['checkpoint']}`",
+        f"- model: `{report['model']}`, data: `{report['data']}`",
+        f"- {report['n_samples']} samples of {report['steps']} steps at temperature {report['temperature']} "
+        f"(seed {report['seed']}), against {report['n_real']} real test windows of the same length",
+        f"- audio backend: {report['audio_backend']}; took {report['seconds']:.1f} s",
+        "",
+        "## Likelihood (test split)",
+        "",
+        "| metric | value |",
+        "| --- | --- |",
+        f"| test/loss (NLL, nats per step) | {_fmt(m.get('test/loss'))} |",
+        f"| test/bits_per_step | {_fmt(m.get('test/bits_per_step'))} |",
+        "",
+        "## Music metrics (generated vs real test music)",
+        "",
+        "Overlap is the overlapping area of the two per-piece distributions (1: the same, 0: disjoint).",
+        "",
+        "| metric | generated | real | overlap |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name in (*METRIC_NAMES, "n_notes"):
+        gen, real = m.get(f"sample/{name}"), m.get(f"data/{name}")
+        if gen is None and real is None:
+            continue
+        lines.append(f"| {name} | {_fmt(gen)} | {_fmt(real)} | {_fmt(m.get(f'overfit/overlap_{name}'))} |")
+    lines += [
+        "",
+        "## Memorisation",
+        "",
+        f"Share of {report['memorization_bars']}-bar windows found verbatim in the training set: "
+        f"generated {_fmt(m.get('overfit/memorization'))}, real test music {_fmt(m.get('data/memorization'))} "
+        "(the baseline: what unseen music of this corpus shares with its training set).",
+        "",
+        "## Samples",
+        "",
+    ]
+    for i, files in enumerate(report["samples"]):
+        lines.append(f"### Sample {i}")
+        lines.append("")
+        if files.get("png"):
+            lines.append(f"![sample {i}]({files['png']})")
+            lines.append("")
+        links = [f"[MIDI]({files['midi']})"] + ([f"[audio]({files['wav']})"] if files.get("wav") else [])
+        lines += [" · ".join(links), ""]
+    if report["real"]:
+        lines += ["## Real test music (for comparison)", ""]
+        for i, files in enumerate(report["real"]):
+            if files.get("png"):
+                lines += [f"![real {i}]({files['png']})", ""]
+            links = [f"[MIDI]({files['midi']})"] + ([f"[audio]({files['wav']})"] if files.get("wav") else [])
+            lines += [" · ".join(links), ""]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """CLI entry point: ``python -m muselab.evaluate ckpt=PATH [n=16] [out=DIR] ...``."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parse_kv_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
+    if not args["ckpt"]:
+        raise SystemExit(
+            "usage: python -m muselab.evaluate ckpt=PATH [n=16] [out=DIR] [steps=..] [temperature=..]"
+        )
+    args["out"] = args["out"] or ""
+    report = evaluate(**args)
+    out = Path(args["out"]) if args["out"] else Path(report["run_dir"]) / "evaluation"
+    print(f"test/loss {_fmt(report['metrics'].get('test/loss'))}; report: {out / 'evaluation.md'}")
+
+
+if __name__ == "__main__":
+    main()
