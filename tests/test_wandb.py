@@ -11,7 +11,9 @@ from omegaconf import OmegaConf
 from muselab.utils import build_loggers, wandb_reachable
 
 
-def test_online_request_without_network_falls_back_to_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_online_request_without_network_falls_back_to_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     if wandb_reachable(timeout=2):
         pytest.skip("this machine can reach W&B; the fallback path needs no network")
     monkeypatch.setenv("WANDB_MODE", "online")
