@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from muselab.utils import (
+    auto_torch_threads,
     build_callbacks,
     build_loggers,
     check_override_types,
@@ -52,9 +53,13 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     validate_overrides(cfg)
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
-    if cfg.get("torch_threads"):
-        # Small recurrent models on a shared CPU run faster on one thread than fighting for two.
-        torch.set_num_threads(int(cfg.torch_threads))
+    threads = cfg.get("torch_threads")
+    if threads is not None:
+        devices = cfg.trainer.get("devices")
+        processes = devices if isinstance(devices, int) and cfg.trainer.get("accelerator") == "cpu" else 1
+        threads = int(threads) or auto_torch_threads(processes)
+        torch.set_num_threads(threads)
+        log.info("torch CPU threads: %d", threads)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import muspy
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
@@ -59,6 +60,18 @@ def check_override_types(defaults: DictConfig, overrides: Iterable[str], compose
                 f"config key '{key}' expects {_type_name(default)} (default {default!r}), got "
                 f"{_type_name(value)} {value!r} from override '{override}'"
             )
+
+
+def auto_torch_threads(processes: int = 1) -> int:
+    """Torch CPU threads per process from the cores idle right now (at least 1).
+
+    Small recurrent models gain from a second thread on a quiet machine (one default-run epoch:
+    26 s on 1 thread, 16 s on 2) but slow down many times over when the threads have to fight
+    other jobs for the cores, so busy cores (the 1-minute load average) are left alone.
+    """
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    return max(1, min(torch.get_num_threads(), (cores - busy) // max(1, processes)))
 
 
 def wandb_reachable(timeout: float = 3.0) -> bool:

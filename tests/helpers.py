@@ -40,6 +40,7 @@ def small_train_overrides(tmp_path: Path, cache_dir: Path, *extra: str) -> list[
         "n_samples=1",
         "sample_steps=32",
         "callbacks.progress_bar=null",
+        "torch_threads=1",  # two xdist workers share the cores
         *extra,
     ]
 

@@ -140,3 +140,10 @@ def test_ddp_cpu_two_processes(tmp_path: Path, cache_dir: Path) -> None:
     # limit_train_batches counts per rank: 4 steps per epoch on each of the 2 ranks, 2 epochs.
     assert ckpt["global_step"] == 8
     assert list((tmp_path / "ddp" / "samples").glob("*.mid"))
+
+
+def test_auto_torch_threads_leaves_busy_cores_alone() -> None:
+    from muselab.utils import auto_torch_threads
+
+    assert 1 <= auto_torch_threads() <= torch.get_num_threads()
+    assert auto_torch_threads(processes=10_000) == 1  # never 0 threads, however many processes
