@@ -29,7 +29,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import re
 import shutil
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from muselab.bench.markdown import replace_section
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = ROOT / "conf"
@@ -528,29 +529,6 @@ NOTES = """\
   line says how many cores were really free during the run."""
 
 
-def split_section(text: str) -> tuple[str, str | None, str]:
-    """``(before, section, after)`` of ``text`` around this benchmark's section."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        return text, None, ""
-    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^## ", lines[i])), len(lines))
-    return "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
-
-
-def write_section(path: Path, section: str) -> None:
-    """Replace (or append) the section in ``path``, keeping every other section as it is."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    before, _, after = split_section(text)
-    if before and not before.endswith("\n\n"):
-        before = before.rstrip("\n") + "\n\n"
-    body = section.rstrip("\n") + "\n" + ("\n" if after else "")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(before + body + after)
-    os.replace(tmp, path)
-
-
 def print_rows(title: str, rows: list[dict[str, Any]], ratio_key: str) -> None:
     print(f"\n{title}")
     for r in rows:
@@ -597,7 +575,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args["docs"]:
         path = Path(args["docs"])
         path = path if path.is_absolute() else ROOT / path
-        write_section(path, render_section(midi_rows, midi_info, bach_rows, bach_info, meta))
+        replace_section(path, SECTION, render_section(midi_rows, midi_info, bach_rows, bach_info, meta))
         print(f"\nwrote the section {SECTION!r} of {path}")
     return {"midi": midi_rows, "bach": bach_rows, "meta": meta}
 

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import platform
-import re
 import sys
 import time
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ import torch
 from lightning.pytorch import Callback
 
 from datamodules.sources import load_boulanger
+from muselab.bench.markdown import read_section, replace_section
 
 log = logging.getLogger("muselab.bench.poly")
 
@@ -449,16 +449,6 @@ def render_section(
     return "\n".join(lines)
 
 
-def split_section(text: str) -> tuple[str, str | None, str]:
-    """``(before, section, after)`` of ``text`` around the ``## Polyphonic benchmark`` section."""
-    lines = text.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        return text, None, ""
-    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^## ", lines[i])), len(lines))
-    return "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
-
-
 def stored_data(section: str | None) -> dict[str, Any]:
     """The results an earlier run embedded in the section (empty if none)."""
     for line in (section or "").splitlines():
@@ -484,21 +474,11 @@ def write_section(
     path: Path, results: list[dict[str, Any]], sampling: list[dict[str, Any]], meta: dict[str, Any]
 ) -> None:
     """Write or replace the section in ``path`` (merging with its stored runs), keeping the rest."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    before, section, after = split_section(text)
-    old = stored_data(section)
+    old = stored_data(read_section(path, SECTION))
     results = merge(old.get("results", []), results, ("set", "model"))
     sampling = merge(old.get("sampling", []), sampling, ("model", "n"))
     meta = {**old.get("meta", {}), **{k: v for k, v in meta.items() if v}}
-    if not before.endswith("\n\n") and before:
-        before = before.rstrip("\n") + "\n\n"
-    body = render_section(results, sampling, meta)
-    if after:
-        body += "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(before + body + after)
-    os.replace(tmp, path)
+    replace_section(path, SECTION, render_section(results, sampling, meta))
 
 
 def print_report(results: list[dict[str, Any]], sampling: list[dict[str, Any]]) -> None:

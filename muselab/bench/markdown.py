@@ -1,0 +1,35 @@
+"""Sections of ``docs/benchmarks.md``: each benchmark owns one ``## `` section and rewrites only it."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+
+def split_section(text: str, heading: str) -> tuple[str, str | None, str]:
+    """``(before, section, after)`` of ``text`` around the section whose heading line is ``heading``."""
+    lines = text.splitlines(keepends=True)
+    start = next((i for i, line in enumerate(lines) if line.rstrip() == heading), None)
+    if start is None:
+        return text, None, ""
+    end = next((i for i in range(start + 1, len(lines)) if re.match(r"^## ", lines[i])), len(lines))
+    return "".join(lines[:start]), "".join(lines[start:end]), "".join(lines[end:])
+
+
+def read_section(path: Path, heading: str) -> str | None:
+    """The section's current text in ``path`` (None if the file or the section is missing)."""
+    return split_section(path.read_text(), heading)[1] if path.exists() else None
+
+
+def replace_section(path: Path, heading: str, body: str) -> None:
+    """Replace (or append) the section in ``path`` with ``body``, atomically, keeping the others."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n\n"
+    before, _, after = split_section(text, heading)
+    if before and not before.endswith("\n\n"):
+        before = before.rstrip("\n") + "\n\n"
+    body = body.rstrip("\n") + "\n" + ("\n" if after else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(before + body + after)
+    os.replace(tmp, path)
