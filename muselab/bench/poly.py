@@ -282,6 +282,7 @@ def run_one(
         "trend": trend(history),
         "wall_s": round(wall, 1),
         "max_minutes": args["max_minutes"],
+        "patience": args["patience"],
         "threads": torch.get_num_threads(),
         "load": round(os.getloadavg()[0], 1),  # the machine may be shared: wall times depend on it
         "overrides": hydra_overrides,
@@ -391,11 +392,12 @@ def render_section(
     # One command per group of rows run with the same settings, rebuilt from the rows themselves.
     groups: dict[tuple, list[str]] = {}
     for r in results:
-        key = (r["set"], r["max_minutes"], r["threads"], tuple(r.get("overrides", [])))
+        key = (r["set"], r["max_minutes"], r["threads"], r.get("patience"), tuple(r.get("overrides", [])))
         groups.setdefault(key, []).append(r["model"])
     commands = [
         f"`make bench-poly sets={k[0]} models={','.join(v)} max_minutes={k[1]:g} threads={k[2]}"
-        + "".join(f" {o}" for o in k[3])
+        + (f" patience={k[3]}" if k[3] not in (None, DEFAULTS["patience"]) else "")
+        + "".join(f" {o}" for o in k[4])
         + " sampling=false`"
         for k, v in groups.items()
     ]
