@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from muselab.bench.markdown import replace_section
+from muselab.bench.markdown import cpu_model, replace_section
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = ROOT / "conf"
@@ -367,14 +367,6 @@ def parallel_speedup(processes: int = 2, n: int = 2_000_000) -> float:
 
 def machine() -> dict[str, Any]:
     """Hardware, load and library versions, for the report."""
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     versions = {}
     for package in ("numpy", "muspy", "music21", "symusic", "torch"):
         try:
@@ -383,7 +375,7 @@ def machine() -> dict[str, Any]:
             versions[package] = "-"
     return {
         "nproc": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "platform": platform.platform(),
         "python": platform.python_version(),
         "versions": versions,

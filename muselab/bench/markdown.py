@@ -1,10 +1,22 @@
-"""Sections of ``docs/benchmarks.md``: each benchmark owns one ``## `` section and rewrites only it."""
+"""What every benchmark report needs: the CPU it ran on, and its own ``## `` section of
+``docs/benchmarks.md``, rewritten without touching the others."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
+
+
+def cpu_model(default: str = "unknown") -> str:
+    """The CPU's model name from /proc/cpuinfo (``default`` where there is none)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return default
 
 
 def split_section(text: str, heading: str) -> tuple[str, str | None, str]:

@@ -34,7 +34,7 @@ import torch
 from lightning.pytorch import Callback
 
 from datamodules.sources import load_boulanger
-from muselab.bench.markdown import read_section, replace_section
+from muselab.bench.markdown import cpu_model, read_section, replace_section
 
 log = logging.getLogger("muselab.bench.poly")
 
@@ -340,14 +340,7 @@ def time_sampling(
 # --------------------------------------------------------------------------------------------- report
 def hardware() -> str:
     """CPU model, cores and torch build, for the record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_model(platform.processor() or platform.machine())
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
     return f"{cpu}, {os.cpu_count()} cores, {gpu}, torch {torch.__version__}"
 
