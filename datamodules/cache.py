@@ -1,9 +1,12 @@
 """Parallel, atomic, resumable preprocessing of a source into cached shards.
 
 The cache directory is named by a hash of the source fingerprint and the representation config, so
-changing either builds a new cache and never reuses a stale one. Items are processed in shards; each
-shard is written to a temporary file and renamed into place, so a killed run leaves only whole shards
-and a re-run redoes just the missing ones. Files that cannot be used are skipped and counted.
+changing either builds a new cache and never reuses a stale one. Items are processed in shards, each
+built and written by one process; a shard is written to a temporary file and renamed into place, so
+a killed run leaves only whole shards and a re-run redoes just the missing ones. Shards hold each
+piece in its representation's compact form (`Representation.encode_compact`: for a piano-roll, its
+quantised notes), expanded when a run loads the cache. Files that cannot be used are skipped and
+counted.
 """
 
 from __future__ import annotations
@@ -14,8 +17,13 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import queue
+import signal
+import sys
 import tempfile
+import traceback
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,12 +31,12 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from datamodules.representations import Representation
+from datamodules.representations import Representation, build_representation
 from datamodules.sources import Source, SourceItem, load_item
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: shards hold compact forms (piano-roll notes, not bit-packed rolls)
 MAX_NOTES = 2_000_000  # beyond this a "MIDI file" is almost surely garbage
 MAX_BEATS = 50_000  # about 8 hours at 100 bpm
 
@@ -70,7 +78,10 @@ def _hash_config(fingerprint: dict[str, Any], representation_config: dict[str, A
 
 
 def process_item(item: SourceItem, representation: Representation, min_steps: int) -> tuple[Any, str]:
-    """Load and encode one item. Returns ``(array, "")`` or ``(None, reason)``; never raises."""
+    """Load one item and encode it to the representation's compact form.
+
+    Returns ``(compact, "")`` or ``(None, reason)``; never raises on bad input.
+    """
     try:
         table = load_item(item)
     except Exception as exc:  # a corrupt file must not stop a run over 100k files
@@ -82,43 +93,14 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
     if table.n_notes > MAX_NOTES or table.end_tick / table.resolution > MAX_BEATS:
         return None, f"absurd: {table.n_notes} notes over {table.end_tick / table.resolution:.0f} beats"
     try:
-        array = representation.encode(table)
+        compact = representation.encode_compact(table)
     except Exception as exc:
         return None, f"unencodable: {type(exc).__name__}: {str(exc)[:120]}"
-    if not np.asarray(array).any():
+    if representation.compact_is_silent(compact):
         return None, "no notes in the representation's tracks and pitch range"
-    if len(array) < min_steps:
-        return None, f"too short: {len(array)} steps < {min_steps}"
-    return array, ""
-
-
-# An encoded piece as stored: (data, shape of one time step, packed). Bool rolls are bit-packed
-# along the last axis in the worker, which also makes the result 8x smaller to send back.
-Packed = tuple[np.ndarray, tuple[int, ...], bool]
-
-
-def _pack(array: Any) -> Packed:
-    """``np.packbits(array, axis=-1)`` for a bool array of two or more axes; others pass unchanged."""
-    array = np.asarray(array)
-    if array.dtype != bool or array.ndim < 2:
-        # A 1-D bool array packs along time, which does not commute with concatenating pieces:
-        # `_write_shard` packs it after concatenation.
-        return array, array.shape[1:], False
-    width = array.shape[-1]
-    rows = array.reshape(int(np.prod(array.shape[:-1])), width)
-    if width % 8:
-        # packbits along a last axis that is not a whole number of bytes is about twice as slow as
-        # packing a flat buffer; zero-padding each row to whole bytes gives the same bytes.
-        padded = np.zeros((len(rows), -(-width // 8) * 8), dtype=bool)
-        padded[:, :width] = rows
-        rows = padded
-    packed = np.packbits(rows.reshape(-1)).reshape(*array.shape[:-1], -(-width // 8))
-    return packed, array.shape[1:], True
-
-
-def _worker(args: tuple[SourceItem, Representation, int]) -> tuple[Packed | None, str]:
-    array, reason = process_item(*args)
-    return (None if array is None else _pack(array)), reason
+    if (steps := representation.compact_steps(compact)) < min_steps:
+        return None, f"too short: {steps} steps < {min_steps}"
+    return compact, ""
 
 
 def _atomic_save(path: Path, **arrays: Any) -> None:
@@ -142,59 +124,140 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 @dataclass
 class _ShardMeta:
-    """What the manifest needs from a shard, without its (large) data."""
+    """What the manifest needs from a shard, without its data."""
 
-    lengths: list[int]
+    steps: list[int]
     skipped: list[tuple[str, str]]
 
 
-def _write_shard(path: Path, items: list[SourceItem], results: list[tuple[Packed | None, str]]) -> _ShardMeta:
-    kept = [(item, packed) for item, (packed, _) in zip(items, results) if packed is not None]
-    skipped = [(item.key, reason) for item, (packed, reason) in zip(items, results) if packed is None]
-    lengths = [len(data) for _, (data, _, _) in kept]
-    if kept:
-        # Packing along the last axis commutes with concatenating along the first, so the file is
-        # the same as packing the concatenated arrays.
-        data = np.concatenate([data for _, (data, _, _) in kept])
-        step_shape, is_bool = kept[0][1][1], kept[0][1][2]
-        shape = (sum(lengths), *step_shape)
-        if data.dtype == bool:  # not packed by `_pack` (1-D)
-            data, is_bool = np.packbits(data, axis=-1), True
-    else:
-        data, shape, is_bool = np.zeros(0, dtype=np.int16), (0,), False
+def _write_shard(
+    path: Path, items: list[SourceItem], results: list[tuple[np.ndarray | None, str]], steps: list[int]
+) -> _ShardMeta:
+    """Write the compact forms of the kept ``items`` (concatenated along their first axis) atomically."""
+    kept = [(item, compact) for item, (compact, _) in zip(items, results) if compact is not None]
+    skipped = [(item.key, reason) for item, (compact, reason) in zip(items, results) if compact is None]
+    data = np.concatenate([compact for _, compact in kept]) if kept else np.zeros(0, dtype=np.int32)
     _atomic_save(
         path,
         data=data,
-        shape=np.array(shape, dtype=np.int64),
-        packed=np.array(is_bool),
-        lengths=np.array(lengths, dtype=np.int64),
+        rows=np.array([len(compact) for _, compact in kept], dtype=np.int64),
+        steps=np.array(steps, dtype=np.int64),
         keys=np.array([item.key for item, _ in kept], dtype=str),
         splits=np.array([item.split or "" for item, _ in kept], dtype=str),
         skipped=np.array(json.dumps(skipped)),
     )
-    return _ShardMeta(lengths, skipped)
+    return _ShardMeta(steps, skipped)
+
+
+def _build_shard(
+    path: Path, items: list[SourceItem], representation: Representation, min_steps: int
+) -> _ShardMeta:
+    results = [process_item(item, representation, min_steps) for item in items]
+    steps = [representation.compact_steps(compact) for compact, _ in results if compact is not None]
+    return _write_shard(path, items, results, steps)
+
+
+ShardTask = tuple[
+    int, Path, list[SourceItem], Representation, int
+]  # index, path, items, representation, min_steps
+
+
+def _next_task(counter: Any, n_tasks: int) -> int | None:
+    with counter.get_lock():
+        k = counter.value
+        counter.value += 1
+    return k if k < n_tasks else None
+
+
+def _shard_process(tasks: list[ShardTask], counter: Any, results: Any) -> None:
+    """A forked helper: build shards from the shared task list until none is left, report each."""
+    # Stopped by the parent (an error or Ctrl-C there): exit through Python, so that a shard being
+    # written removes its temporary file.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    try:
+        while (k := _next_task(counter, len(tasks))) is not None:
+            index, path, items, representation, min_steps = tasks[k]
+            results.put((index, _build_shard(path, items, representation, min_steps)))
+    except Exception:
+        results.put(("error", traceback.format_exc()))
+        raise
+    results.put(None)
+
+
+def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _ShardMeta], None]) -> None:
+    """Build every shard of ``tasks`` with this process and ``n_jobs - 1`` forked helpers.
+
+    The processes take shards from one shared counter, so a process that finishes early takes the
+    next shard, and each writes the shards it builds: only a shard's small summary travels back
+    (a pool that sent the encoded pieces back to the parent spent a third of the work pickling them).
+    Forked helpers inherit the task list instead of receiving it, and this process works too, so a
+    2-core machine runs one fork, not a pool of two. ``done(index, meta)`` is called in this process.
+    """
+    context = mp.get_context("fork")
+    counter = context.Value("l", 0)
+    results = context.Queue()
+    helpers = [
+        context.Process(target=_shard_process, args=(tasks, counter, results), daemon=True)
+        for _ in range(min(n_jobs, len(tasks)) - 1)
+    ]
+    finished = 0
+
+    def drain(block: bool) -> None:
+        nonlocal finished
+        while finished < len(helpers):
+            try:
+                message = results.get(timeout=1.0) if block else results.get_nowait()
+            except queue.Empty:
+                if not block:
+                    return
+                dead = [h for h in helpers if h.exitcode not in (None, 0)]
+                if dead:
+                    raise RuntimeError(
+                        f"a preprocessing process died (exit code {dead[0].exitcode}); the shards "
+                        "written so far are kept and a re-run builds the rest"
+                    ) from None
+                continue
+            if message is None:
+                finished += 1
+            elif message[0] == "error":
+                raise RuntimeError(f"a preprocessing process failed:\n{message[1]}")
+            else:
+                done(*message)
+
+    try:
+        for helper in helpers:
+            helper.start()
+        while (k := _next_task(counter, len(tasks))) is not None:
+            index, path, items, representation, min_steps = tasks[k]
+            done(index, _build_shard(path, items, representation, min_steps))
+            drain(block=False)
+        drain(block=True)
+    finally:
+        for helper in helpers:
+            # A helper that reported its last shard is only exiting (tearing down a forked copy of
+            # this process takes ~15 ms): multiprocessing reaps it later, so do not wait for it.
+            if finished < len(helpers) and helper.is_alive():
+                helper.terminate()
+                helper.join()
+        results.close()
 
 
 def _read_shard_meta(path: Path) -> _ShardMeta:
     # np.load of an .npz reads members lazily: this never touches "data".
     with np.load(path, allow_pickle=False) as f:
-        return _ShardMeta([int(n) for n in f["lengths"]], [tuple(s) for s in json.loads(str(f["skipped"]))])
+        return _ShardMeta([int(n) for n in f["steps"]], [tuple(s) for s in json.loads(str(f["skipped"]))])
 
 
 def _read_shard(path: Path) -> tuple[list[np.ndarray], list[str], list[str | None], list[tuple[str, str]]]:
+    """The compact forms, keys, splits and skipped files of one shard."""
     with np.load(path, allow_pickle=False) as f:
-        shape = tuple(int(s) for s in f["shape"])
         data = f["data"]
-        if bool(f["packed"]):
-            # unpackbits gives 0/1 bytes, so viewing them as bool is exact and saves a copy.
-            data = np.unpackbits(data, axis=-1, count=shape[-1]).view(bool)
-        data = data.reshape(shape)
-        offsets = np.concatenate([[0], np.cumsum(f["lengths"])])
-        arrays = [data[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        offsets = np.concatenate([[0], np.cumsum(f["rows"])])
+        compacts = [data[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
         keys = [str(k) for k in f["keys"]]
         splits = [str(s) or None for s in f["splits"]]
         skipped = [tuple(s) for s in json.loads(str(f["skipped"]))]
-    return arrays, keys, splits, skipped
+    return compacts, keys, splits, skipped
 
 
 def build_cache(
@@ -202,11 +265,16 @@ def build_cache(
     representation: Representation,
     cache_dir: str | Path,
     n_jobs: int | None = None,
-    shard_size: int = 512,
+    shard_size: int = 32,
     min_steps: int = 1,
     progress: bool = True,
 ) -> Path:
-    """Preprocess ``source`` into ``cache_dir/<source>-<hash>/`` (reusing whole shards) and return it."""
+    """Preprocess ``source`` into ``cache_dir/<source>-<hash>/`` (reusing whole shards) and return it.
+
+    ``shard_size`` pieces go to a shard; a shard is the unit of parallel work (each process writes the
+    shards it builds) and of resuming. The shard layout depends only on the item list, so a resumed run
+    with another ``n_jobs`` reuses what is done.
+    """
     fingerprint = source.fingerprint()
     key = _hash_config(fingerprint, representation.to_config())
     directory = Path(cache_dir).expanduser() / f"{source.name}-{key}"
@@ -218,9 +286,10 @@ def build_cache(
     source.prepare()
     items = source.items()
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    todo = [i for i in range(len(shards)) if not (directory / f"shard-{i:05d}.npz").is_file()]
+    paths = [directory / f"shard-{i:05d}.npz" for i in range(len(shards))]
+    todo = [i for i in range(len(shards)) if not paths[i].is_file()]
     n_todo = sum(len(shards[i]) for i in todo)
-    n_jobs = max(1, n_jobs or (os.cpu_count() or 1))
+    n_jobs = max(1, min(n_jobs or (os.cpu_count() or 1), len(todo)))
     if todo:
         log.info(
             "Preprocessing %d of %d pieces from %s with %d processes", n_todo, len(items), source.name, n_jobs
@@ -231,53 +300,58 @@ def build_cache(
     # hundreds of thousands: freezing them out of the collector made MusicXML loading 3x faster.
     # Freezing before the fork also keeps the workers from touching (and so copying) those pages.
     froze = bool(todo) and gc.get_freeze_count() == 0
-    pool = None
     metas: dict[int, _ShardMeta] = {}
+
+    def done(index: int, meta: _ShardMeta) -> None:
+        metas[index] = meta
+        bar.update(len(shards[index]))
+
     try:
         if froze:
             gc.freeze()
-        pool = mp.get_context("fork").Pool(n_jobs) if n_jobs > 1 and n_todo > 1 else None
-        for i in todo:
-            args = [(item, representation, min_steps) for item in shards[i]]
-            results = []
-            iterator = pool.imap(_worker, args, chunksize=8) if pool else map(_worker, args)
-            for result in iterator:
-                results.append(result)
-                bar.update(1)
-            metas[i] = _write_shard(directory / f"shard-{i:05d}.npz", shards[i], results)
+        _run_shards([(i, paths[i], shards[i], representation, min_steps) for i in todo], n_jobs, done)
     finally:
         bar.close()
-        if pool:
-            pool.terminate()
         if froze:
             gc.unfreeze()
     # The manifest is summed from shard metadata: shards written now are known, older ones (a resumed
     # run) are read without their data, so finishing never decodes the whole corpus again.
     for i in range(len(shards)):
         if i not in metas:
-            metas[i] = _read_shard_meta(directory / f"shard-{i:05d}.npz")
-    lengths = [n for i in sorted(metas) for n in metas[i].lengths]
+            metas[i] = _read_shard_meta(paths[i])
+    steps = [n for i in sorted(metas) for n in metas[i].steps]
     summary = CachedCorpus([], [], [], [s for i in sorted(metas) for s in metas[i].skipped])
     manifest = {
         "source": fingerprint,
         "representation": representation.to_config(),
-        "pieces": len(lengths),
-        "steps": int(sum(lengths)),
+        "pieces": len(steps),
+        "steps": int(sum(steps)),
         **summary.skipped_summary(first=20),
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str))
     return directory
 
 
-def load_cache(directory: str | Path, require_manifest: bool = True) -> CachedCorpus:
-    """Read every shard of a cache directory."""
+def load_cache(
+    directory: str | Path, representation: Representation | None = None, require_manifest: bool = True
+) -> CachedCorpus:
+    """Read every shard of a cache directory and expand each piece to its encoded array.
+
+    ``representation`` must be the one the cache was built with; by default it is rebuilt from the
+    manifest.
+    """
     directory = Path(directory)
-    if require_manifest and not (directory / "manifest.json").is_file():
+    manifest_path = directory / "manifest.json"
+    if require_manifest and not manifest_path.is_file():
         raise FileNotFoundError(f"{directory} is not a finished MuseLab cache (no manifest.json)")
+    if representation is None:
+        if not manifest_path.is_file():
+            raise ValueError(f"{directory} has no manifest.json to say its representation: pass one")
+        representation = build_representation(json.loads(manifest_path.read_text())["representation"])
     corpus = CachedCorpus([], [], [], [], directory)
     for path in sorted(directory.glob("shard-*.npz")):
-        arrays, keys, splits, skipped = _read_shard(path)
-        corpus.arrays += arrays
+        compacts, keys, splits, skipped = _read_shard(path)
+        corpus.arrays += [representation.expand(c) for c in compacts]
         corpus.keys += keys
         corpus.splits += splits
         corpus.skipped += skipped

@@ -168,7 +168,7 @@ class MusicDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is not None:
             return
-        self.corpus = load_cache(self.cache_path)
+        self.corpus = load_cache(self.cache_path, self.representation)
         if not self.corpus.arrays:
             raise RuntimeError(f"no usable pieces in {self.source.name}: {self.corpus.skipped_summary()}")
         if self.corpus.skipped:

@@ -68,8 +68,13 @@ class NoteTable:
         """Convert a `symusic.Score` in tick time, reading note arrays without Python objects per note."""
         tracks = []
         for track in score.tracks:
-            a = track.notes.numpy()
-            arr = np.stack([a["time"], a["duration"], a["pitch"], a["velocity"]], axis=1).astype(np.int64)
+            columns = track.notes.numpy()
+            # Filling the columns of one int64 array copies each once; stack + astype copied twice.
+            arr = np.empty((len(columns["time"]), 4), dtype=np.int64)
+            arr[:, ONSET] = columns["time"]
+            arr[:, DURATION] = columns["duration"]
+            arr[:, PITCH] = columns["pitch"]
+            arr[:, VELOCITY] = columns["velocity"]
             tracks.append(TrackNotes(arr, int(track.program), bool(track.is_drum), track.name))
         return cls(int(score.ticks_per_quarter), tracks)
 

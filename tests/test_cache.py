@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -48,8 +49,9 @@ def assert_clean(directory: Path) -> None:
         )
         if path.suffix == ".npz":
             with np.load(path, allow_pickle=False) as f:
-                assert {"data", "shape", "packed", "lengths", "keys", "splits", "skipped"} <= set(f.files)
-                assert int(f["lengths"].sum()) == int(f["shape"][0])
+                assert {"data", "rows", "steps", "keys", "splits", "skipped"} <= set(f.files)
+                assert int(f["rows"].sum()) == len(f["data"])
+                assert len(f["rows"]) == len(f["steps"]) == len(f["keys"]) == len(f["splits"])
 
 
 @pytest.fixture
@@ -152,6 +154,57 @@ def test_a_killed_run_resumes_with_a_process_pool(midi_folder: Path, tmp_path: P
     assert_clean(directory)
 
 
+def _slow_in_parent_dying_in_helper(real, parent: int, exit_code: int):
+    """A MIDI loader: slow in this process (so the forked helper surely takes shards), fatal in the helper."""
+
+    def load(item: SourceItem):
+        if os.getpid() != parent:
+            os._exit(exit_code)  # killed outright: no Python cleanup, no message
+        time.sleep(0.05)
+        return real(item)
+
+    return load
+
+
+def test_a_dead_helper_process_stops_the_build_with_a_clear_error_and_loses_nothing(
+    midi_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = LOADERS["midi"]
+    monkeypatch.setitem(LOADERS, "midi", _slow_in_parent_dying_in_helper(real, os.getpid(), 3))
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(RuntimeError, match=r"preprocessing process died \(exit code 3\)"):
+        build(midi_folder, cache_dir, n_jobs=2)
+    (directory,) = cache_dir.iterdir()
+    assert not (directory / "manifest.json").exists()
+    assert_clean(directory)  # the shards this process finished are whole; nothing half-written
+    monkeypatch.setitem(LOADERS, "midi", real)
+    assert build(midi_folder, cache_dir, n_jobs=2) == directory
+    fresh = load_cache(build(midi_folder, tmp_path / "fresh"))
+    resumed = load_cache(directory)
+    assert resumed.keys == fresh.keys and resumed.skipped == fresh.skipped
+    assert all(np.array_equal(a, b) for a, b in zip(resumed.arrays, fresh.arrays))
+
+
+def test_an_error_in_a_helper_process_is_reported_with_its_traceback(
+    midi_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import datamodules.cache as cache
+
+    parent, real_save = os.getpid(), cache._atomic_save
+
+    def save(path: Path, **arrays) -> None:
+        if os.getpid() != parent:
+            raise OSError(28, "No space left on device")
+        time.sleep(0.05)
+        real_save(path, **arrays)
+
+    monkeypatch.setattr(cache, "_atomic_save", save)
+    with pytest.raises(RuntimeError, match=r"(?s)preprocessing process failed.*OSError.*No space left"):
+        build(midi_folder, tmp_path / "cache", n_jobs=2)
+    (directory,) = (tmp_path / "cache").iterdir()
+    assert_clean(directory)
+
+
 def test_an_interrupted_run_leaves_whole_shards_and_finishes_later(
     midi_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -206,20 +259,37 @@ def test_atomic_writes_leave_the_old_file_or_the_new_one(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == ["manifest.json", "shard-00000.npz"]
 
 
-def test_shards_round_trip_both_packed_rolls_and_tokens(midi_folder: Path, tmp_path: Path) -> None:
-    from datamodules.cache import process_item
-
+def test_shards_round_trip_both_piano_rolls_and_tokens(midi_folder: Path, tmp_path: Path) -> None:
     source = FolderSource(str(midi_folder))
     items = [i for i in source.items() if i.key.startswith(("a/", "b/"))]
     for rep in (PianoRollRepresentation(pitch_low=40, pitch_high=80), MelodyRepresentation(track=-1)):
         directory = build(midi_folder, tmp_path / "cache", rep, shard_size=4)
-        corpus = load_cache(directory)
-        assert corpus.keys == [i.key for i in items]
-        for item, array in zip(items, corpus.arrays):
-            expected, reason = process_item(item, rep, 1)
-            assert reason == ""
-            assert array.dtype == expected.dtype and np.array_equal(array, expected)
-        assert bool(np.load(directory / SHARD_NAME.format(0))["packed"]) == (rep.kind == "pianoroll")
+        # What a run loads is what encoding each file directly gives, whatever the shards store.
+        for corpus in (load_cache(directory), load_cache(directory, rep)):
+            assert corpus.keys == [i.key for i in items]
+            for item, array in zip(items, corpus.arrays):
+                expected = rep.encode(LOADERS["midi"](item))
+                assert array.dtype == expected.dtype and array.shape == expected.shape
+                assert np.array_equal(array, expected) and array.any()
+        manifest = json.loads((directory / "manifest.json").read_text())
+        assert manifest["steps"] == sum(len(a) for a in load_cache(directory).arrays)
+        with np.load(directory / SHARD_NAME.format(0)) as shard:
+            if rep.kind == "pianoroll":  # notes, not cells: (onset, end, flat track-pitch column)
+                assert shard["data"].shape[1] == 3 and shard["data"].dtype == np.int32
+            else:
+                assert shard["data"].ndim == 1
+
+
+def test_piano_roll_compact_form_is_small_and_expands_to_the_roll(midi_folder: Path) -> None:
+    rep = PianoRollRepresentation(n_tracks=2, pitch_low=40, pitch_high=80)
+    for path in sorted(midi_folder.rglob("piece*.mid")):
+        music = muspy.read_midi(path)
+        compact = rep.encode_compact(music)
+        roll = rep.expand(compact)
+        assert np.array_equal(roll, rep.encode(music))
+        assert rep.compact_steps(compact) == len(roll) and rep.compact_is_silent(compact) == (not roll.any())
+        assert compact.nbytes < roll.nbytes
+    assert rep.expand(rep.encode_compact(muspy.Music(resolution=4))).shape == (0, 2, 41)
 
 
 # ------------------------------------------------------------------------------------------ skipped

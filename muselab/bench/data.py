@@ -221,20 +221,25 @@ def row(name: str, processes: int, files: int, seconds: float, notes: int, **ext
     }
 
 
-def stage_breakdown(source: Any, representation: Any, repeats: int) -> dict[str, float]:
-    """Milliseconds per file of each step of the n_jobs=1 pipeline, each timed alone (best of ``repeats``).
+def stage_breakdown(
+    source: Any, representation: Any, repeats: int
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Milliseconds per file of each step of the n_jobs=1 pipeline, each timed alone (best of ``repeats``),
+    and of loading the finished cache.
 
     The same work `build_cache` does per file, split up: where the time goes, and so what a faster
-    pipeline would have to cut.
+    pipeline would have to cut. Loading (`load_cache`: reading the shards and expanding each piece's
+    compact form to its roll) is paid when a run starts, not when the cache is built.
     """
     import symusic
 
-    from datamodules.cache import _pack, _write_shard
+    from datamodules.cache import _write_shard, load_cache
     from datamodules.notes import NoteTable
 
     items = source.items()
     n = len(items)
     stages: dict[str, float] = {}
+    load: dict[str, float] = {}
     with lean_gc():
         t, _ = best_time(lambda: (source.fingerprint(), source.items()), repeats)
         stages["list and fingerprint the folder"] = t
@@ -242,15 +247,26 @@ def stage_breakdown(source: Any, representation: Any, repeats: int) -> dict[str,
         stages["parse (symusic.Score)"] = t
         t, tables = best_time(lambda: [NoteTable.from_symusic(score) for score in scores], repeats)
         stages["symusic -> NoteTable (note arrays)"] = t
-        t, rolls = best_time(lambda: [representation.encode(table) for table in tables], repeats)
-        stages["encode (piano-roll)"] = t
-        t, packed = best_time(lambda: [_pack(roll) for roll in rolls], repeats)
-        stages["bit-pack"] = t
+        t, compacts = best_time(lambda: [representation.encode_compact(table) for table in tables], repeats)
+        stages["encode (route, quantise: the roll's notes)"] = t
+        size = 64  # `build_cache`'s default shard size
+        results = [(c, "") for c in compacts]
+        steps = [representation.compact_steps(c) for c in compacts]
         with tempfile.TemporaryDirectory(prefix="muselab-bench-shard-") as tmp:
-            results = [(p, "") for p in packed]
-            t, _ = best_time(lambda: _write_shard(Path(tmp) / "shard-00000.npz", items, results), repeats)
-        stages["write the shard (.npz)"] = t
-    return {name: seconds * 1e3 / n for name, seconds in stages.items()}
+
+            def write() -> None:
+                for k in range(0, n, size):
+                    path = Path(tmp) / f"shard-{k // size:05d}.npz"
+                    _write_shard(path, items[k : k + size], results[k : k + size], steps[k : k + size])
+
+            t, _ = best_time(write, repeats)
+            stages[f"write the shards (.npz, {size} files each)"] = t
+            t, _ = best_time(lambda: [representation.expand(c) for c in compacts], repeats)
+            load["expand to piano-rolls"] = t
+            t, _ = best_time(lambda: load_cache(tmp, representation, require_manifest=False), repeats)
+            load["`load_cache` in all (read the shards, expand)"] = t
+    per_file = {name: seconds * 1e3 / n for name, seconds in stages.items()}
+    return per_file, {name: seconds * 1e3 / n for name, seconds in load.items()}
 
 
 def bench_midi_folder(args: dict[str, Any], jobs: list[int]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -282,7 +298,7 @@ def bench_midi_folder(args: dict[str, Any], jobs: list[int]) -> tuple[list[dict[
         assert notes_read == n_notes, (notes_read, n_notes)
         muspy_files = files[: args["muspy_files"]] if args["muspy_files"] else files
         t_muspy, muspy_notes = best_time(lambda: read_muspy_midi(muspy_files), 1)
-        stages = stage_breakdown(source, representation, args["repeats"])
+        stages, load_ms = stage_breakdown(source, representation, args["repeats"])
 
     symusic_rate = len(files) / times["symusic"]
     rows = [row("`symusic.Score` alone", 1, len(files), times["symusic"], n_notes)]
@@ -306,6 +322,7 @@ def bench_midi_folder(args: dict[str, Any], jobs: list[int]) -> tuple[list[dict[
         "size_mb": size_mb,
         "representation": representation.to_config(),
         "stages_ms": stages,
+        "load_ms": load_ms,
     }
     return rows, info
 
@@ -422,8 +439,10 @@ def render_section(
         "",
         "Each pipeline row is `datamodules.cache.build_cache` into a fresh, empty cache directory: "
         "listing and fingerprinting the files, parsing (symusic for MIDI, muspy/music21 for "
-        "MusicXML), encoding to the piano-roll, bit-packing and writing the shards and the manifest. "
-        "*processes* is the `n_jobs` the cache ran with; the reader rows run in one process. "
+        "MusicXML), encoding each piece to what the cache stores for a piano-roll (its notes routed "
+        "to tracks and quantised to steps; `PianoRollRepresentation.encode_compact`), and writing "
+        "the shards and the manifest. *processes* is the `n_jobs` the cache ran with (this process "
+        "and `n_jobs - 1` forked ones share the shards); the reader rows run in one process. "
         "notes/s counts the notes in the input files.",
         "",
         f"### Generated MIDI folder ({midi_info['files']} files, {midi_info['notes']:,} notes, "
@@ -468,6 +487,17 @@ def render_section(
                 f"reach at most about {parse / sum(stages.values()):.0%} of the bare parse rate.",
                 "",
             ]
+    load = midi_info.get("load_ms") or {}
+    if load:
+        lines += [
+            "Loading the finished cache, which each run's `setup()` does (not part of the rows above): "
+            "reading the shards and drawing each piece's roll from its notes.",
+            "",
+            "| load step | ms per file |",
+            "|---|---:|",
+            *[f"| {name} | {ms:.3f} |" for name, ms in load.items()],
+            "",
+        ]
     if bach_rows and bach_info:
         lines += [
             f"### Bach chorales (`DATA=bach`: music21 corpus, {bach_info['files']} MusicXML files, "
