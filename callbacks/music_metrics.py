@@ -4,7 +4,7 @@ Every piece is first copied to `METRIC_RESOLUTION` (24) time steps per beat, wha
 (chorales read through music21 arrive at 10080 ticks per beat, and a piano-roll at that resolution does
 not fit in memory), so that generated samples and real pieces are measured on the same grid.
 
-Metrics (see ``docs/sections/metrics.md`` for the full table):
+Metrics (the README section "Music metrics and overfitting measures" has the full table):
 
 ======================= ========= ==================================================== =============
 name                    source    meaning                                              on silence

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import gc
 import importlib.metadata
+import inspect
 import json
 import os
 import platform
@@ -233,7 +234,7 @@ def stage_breakdown(
     """
     import symusic
 
-    from datamodules.cache import _write_shard, load_cache
+    from datamodules.cache import _write_shard, build_cache, load_cache
     from datamodules.notes import NoteTable
 
     items = source.items()
@@ -247,9 +248,11 @@ def stage_breakdown(
         stages["parse (symusic.Score)"] = t
         t, tables = best_time(lambda: [NoteTable.from_symusic(score) for score in scores], repeats)
         stages["symusic -> NoteTable (note arrays)"] = t
+        t, _ = best_time(lambda: [(table.n_notes, table.end_tick) for table in tables], repeats)
+        stages["skip checks (note count, end tick)"] = t
         t, compacts = best_time(lambda: [representation.encode_compact(table) for table in tables], repeats)
         stages["encode (route, quantise: the roll's notes)"] = t
-        size = 64  # `build_cache`'s default shard size
+        size = inspect.signature(build_cache).parameters["shard_size"].default
         results = [(c, "") for c in compacts]
         steps = [representation.compact_steps(c) for c in compacts]
         with tempfile.TemporaryDirectory(prefix="muselab-bench-shard-") as tmp:
@@ -527,32 +530,38 @@ def _rep_summary(config: dict[str, Any]) -> str:
 
 
 NOTES = """\
-- What changed for this benchmark (measured once on the machine above, old code against new, same
-  inputs): the piano-roll encoder filled the roll with one Python slice per note, over ten times the
-  cost of the parse; it now sets the sounding cells in one vectorised pass. Workers bit-pack their
-  roll before sending it back (8x less to pickle), and packing pads rows to whole bytes (twice as
-  fast as `np.packbits` on a 49- or 73-wide axis). The manifest is summed from shard metadata
-  instead of reading the whole cache back, and the source is fingerprinted once. `build_cache`
-  keeps the objects alive before it starts (torch, Lightning: ~430k) out of the garbage collector
-  while it runs, which made MusicXML loading about 3x faster. MIDI folder, n_jobs=1: 147 -> ~1,100
-  files/s; n_jobs=2: 128 -> ~520. Bach (first 100 chorales), n_jobs=1: 38 -> 84 files/s; n_jobs=2:
-  57 -> 234.
-- The target is missed at n_jobs=1, and the step table says why: turning symusic's note lists into
-  arrays (`NoteTable.from_symusic`), encoding, packing and writing each cost a large fraction of the
-  parse, so no single-process pipeline that builds a piano-roll runs at half the bare parse rate.
-  Left to do, outside `cache.py` and `representations.py`: a cheaper `NoteTable.from_symusic`
-  (`datamodules/notes.py`), listing the folder once instead of twice (`FolderSource.fingerprint`
-  and `items`), and reading MusicXML part names without parsing the whole file a second time
-  (`musicxml_part_names`: about a quarter of the Bach pipeline).
-- n_jobs=2 pays off where a file is expensive to load (Bach, MusicXML: about 1.6x) but not for
-  MIDI read by symusic: each worker sends its packed roll back to the parent (24 MB for these 400
-  files; pickling and piping it costs about a third of the work itself), and forking and stopping
-  the pool costs about 0.1 s (the parent has torch imported). The parallel probe in the machine
-  line says how many cores were really free during the run.
+- What changed in this round (old code against new, back to back on the machine above, same 400
+  files, best of 5): 1,370 -> 2,240 files/s with n_jobs=1 and 1,070 -> 3,400 with n_jobs=2.
+  - The cache stores a piano-roll as its notes, routed and quantised, one int32 row
+    `(onset, end, track * pitches + pitch)` each, instead of the bit-packed roll. Encoding is one
+    pass of array arithmetic per piece (0.047 ms per file, against 0.146 to draw the roll plus 0.089
+    to pack it), the cache is smaller (13.5 MB against 24.1 MB here) and loading it is faster (0.109
+    against 0.125 ms per file: drawing the roll costs less than unpacking it). So no work moved from
+    preprocessing to the start of each run.
+  - Each process writes the shards it builds, so no encoded piece is pickled back to the parent (the
+    pool did that, and it cost about a third of the work). The parent works too, beside
+    `n_jobs - 1` forked helpers that take shards from a shared counter: one fork costs ~13 ms here
+    with torch imported, against ~50 ms to start and stop a pool of two. Shards of 32 pieces instead
+    of 512 let the two processes finish together.
+  - Listing: one `os.scandir` walk, and keys cut from path strings instead of `Path.relative_to`
+    (0.037 -> 0.019 ms per file for fingerprint + items). `NoteTable.from_symusic` fills the columns
+    of one array instead of stack + astype (0.106 -> 0.085 ms per file).
+- The earlier round: the piano-roll encoder had filled the roll with one Python slice per note, over
+  ten times the cost of the parse (147 -> ~1,100 files/s), and `build_cache` keeps the objects alive
+  before it starts (torch, Lightning: ~430k) out of the garbage collector while it runs, which made
+  MusicXML loading about 3x faster.
+- The target is met with the default `n_jobs` (all cores, 2 here) and missed in one process. The
+  step table says why: symusic's own conversion of its note lists to numpy (`NoteList.numpy()`, in
+  its C++: ~3.5 us per track plus ~11 ns per note on these files) costs half the parse by itself,
+  so parse + conversion alone would cap one process at about two thirds of the bare parse rate, and
+  routing, quantising, the skip checks and writing bring it to about 40 %.
+- Left to do: `musicxml_part_names` parses each MusicXML file a second time for its part names
+  (about a quarter of the Bach pipeline).
 - Tried and not taken: symusic's own C++ path (`Score.resample(tpq=4, min_dur=1)` then
   `Track.pianoroll(modes=["frame"], ...)`) costs 0.05 + 0.30 ms per file on these files, more than
-  `NoteTable.from_symusic` + our encoder (0.10 + 0.15 ms); measured once on 200 generated files
-  (3,000 notes each, best of 3) with `generate_midi_folder` from `muselab/bench/data.py`."""
+  `NoteTable.from_symusic` + drawing the roll in numpy (0.10 + 0.15 ms); measured once on 200
+  generated files (3,000 notes each, best of 3) with `generate_midi_folder` from
+  `muselab/bench/data.py`."""
 
 
 def print_rows(title: str, rows: list[dict[str, Any]], ratio_key: str) -> None:
