@@ -45,6 +45,7 @@ from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from callbacks.memorization import MemorizationIndex
 from callbacks.music_metrics import METRIC_NAMES, MusicMetrics, distribution_overlap
 from callbacks.rendering import pianoroll_image, read_wav_mono, render_audio, resolve_backend
+from datamodules.pieces import piece_steps, piece_window
 from datamodules.representations import Representation
 
 log = logging.getLogger(__name__)
@@ -62,17 +63,19 @@ def real_windows(
     are used whole only when no piece is long enough.
     """
 
+    lengths = [piece_steps(arrays, i) for i in range(len(arrays))]
+
     def spans_at(hop: int) -> list[tuple[int, int]]:
-        return [(i, s) for i, a in enumerate(arrays) for s in range(0, len(a) - steps + 1, hop)]
+        return [(i, s) for i, n in enumerate(lengths) for s in range(0, n - steps + 1, hop)]
 
     spans = spans_at(steps)
     if len(spans) < max_pieces:
         spans = spans_at(max(1, steps // 4))
     if not spans:
-        spans = [(i, 0) for i, a in enumerate(arrays) if len(a)]
+        spans = [(i, 0) for i, n in enumerate(lengths) if n]
     if len(spans) > max_pieces:  # evenly over the corpus, not just the first pieces
         spans = [spans[int(k)] for k in np.linspace(0, len(spans) - 1, max_pieces).round()]
-    return [representation.decode(arrays[i][s : s + steps]) for i, s in spans]
+    return [representation.decode(piece_window(arrays, i, s, steps)) for i, s in spans]
 
 
 def n_notes(music: muspy.Music) -> int:

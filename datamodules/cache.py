@@ -23,7 +23,7 @@ import sys
 import tempfile
 import traceback
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from datamodules.pieces import CompactPieces
 from datamodules.representations import Representation, build_representation
 from datamodules.sources import Source, SourceItem, load_item
 
@@ -43,9 +44,13 @@ MAX_BEATS = 50_000  # about 8 hours at 100 bpm
 
 @dataclass
 class CachedCorpus:
-    """Encoded pieces (``arrays[i]``, time axis first) with their keys and official splits."""
+    """Encoded pieces (``arrays[i]``, time axis first) with their keys and official splits.
 
-    arrays: list[np.ndarray]
+    ``arrays`` is a `CompactPieces` when loaded from a cache: the pieces stay in their compact form
+    and ``arrays[i]`` expands one.
+    """
+
+    arrays: Sequence[np.ndarray]
     keys: list[str]
     splits: list[str | None]
     skipped: list[tuple[str, str]] = field(default_factory=list)
@@ -335,7 +340,7 @@ def build_cache(
 def load_cache(
     directory: str | Path, representation: Representation | None = None, require_manifest: bool = True
 ) -> CachedCorpus:
-    """Read every shard of a cache directory and expand each piece to its encoded array.
+    """Read every shard of a cache directory; the pieces stay compact (see `CompactPieces`).
 
     ``representation`` must be the one the cache was built with; by default it is rebuilt from the
     manifest.
@@ -349,10 +354,12 @@ def load_cache(
             raise ValueError(f"{directory} has no manifest.json to say its representation: pass one")
         representation = build_representation(json.loads(manifest_path.read_text())["representation"])
     corpus = CachedCorpus([], [], [], [], directory)
+    compacts: list[np.ndarray] = []
     for path in sorted(directory.glob("shard-*.npz")):
-        compacts, keys, splits, skipped = _read_shard(path)
-        corpus.arrays += [representation.expand(c) for c in compacts]
+        shard_compacts, keys, splits, skipped = _read_shard(path)
+        compacts += shard_compacts
         corpus.keys += keys
         corpus.splits += splits
         corpus.skipped += skipped
+    corpus.arrays = CompactPieces(compacts, representation)
     return corpus

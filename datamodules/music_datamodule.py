@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from datamodules.cache import CachedCorpus, build_cache, load_cache
+from datamodules.pieces import CompactPieces, piece_steps, piece_window
 from datamodules.representations import Representation, build_representation
 from datamodules.sources import Source
 
@@ -39,7 +41,7 @@ class WindowDataset(Dataset):
 
     def __init__(
         self,
-        arrays: list[np.ndarray],
+        arrays: Sequence[np.ndarray],
         representation: Representation,
         window: int | None,
         stride: int | None = None,
@@ -52,12 +54,12 @@ class WindowDataset(Dataset):
         self.transpose = int(transpose)
         self.rng = np.random.default_rng(seed)
         self.index: list[tuple[int, int]] = []
-        for piece, array in enumerate(arrays):
+        for piece in range(len(arrays)):
             if window is None:
                 self.index.append((piece, 0))
                 continue
             hop = stride or window
-            last = max(len(array) - window, 0)
+            last = max(piece_steps(arrays, piece) - window, 0)
             starts = list(range(0, last + 1, hop))
             if starts[-1] != last:  # cover the tail of the piece too
                 starts.append(last)
@@ -76,11 +78,11 @@ class WindowDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
         piece, start = self.index[i]
-        array = self.arrays[piece]
-        length = len(array) if self.window is None else self.window
-        chunk = array[start : start + length]
+        length = piece_steps(self.arrays, piece) if self.window is None else self.window
+        # Only this window is expanded from a `CompactPieces`, never the whole piece.
+        chunk = piece_window(self.arrays, piece, start, length)
         chunk = self.representation.transpose(chunk, self._random_shift(chunk))
-        out = np.zeros((length, *array.shape[1:]), dtype=array.dtype)
+        out = np.zeros((length, *chunk.shape[1:]), dtype=chunk.dtype)
         out[: len(chunk)] = chunk
         mask = np.zeros(length, dtype=bool)
         mask[: len(chunk)] = True
@@ -151,7 +153,7 @@ class MusicDataModule(L.LightningDataModule):
         self.seed = seed
         self.name = name or source.name
         self.corpus: CachedCorpus | None = None
-        self.split_arrays: dict[str, list[np.ndarray]] = {}
+        self.split_arrays: dict[str, Sequence[np.ndarray]] = {}
         self.split_keys: dict[str, list[str]] = {}
         self.datasets: dict[str, WindowDataset] = {}
 
@@ -179,18 +181,19 @@ class MusicDataModule(L.LightningDataModule):
                 summary["skipped_by_reason"],
                 ", ".join(summary["skipped_first"]),
             )
-        self.split_arrays = {s: [] for s in ("train", "val", "test")}
-        self.split_keys = {s: [] for s in ("train", "val", "test")}
-        for array, key, split in zip(self.corpus.arrays, self.corpus.keys, self.corpus.splits):
-            split = split or hash_split(key, self.val_fraction, self.test_fraction)
-            self.split_arrays[split].append(array)
-            self.split_keys[split].append(key)
-        if not self.split_arrays["val"]:  # tiny corpora: borrow one training piece so val/loss exists
-            self.split_arrays["val"].append(self.split_arrays["train"][-1])
-            self.split_keys["val"].append(self.split_keys["train"][-1])
-        if not self.split_arrays["test"]:
-            self.split_arrays["test"] = list(self.split_arrays["val"])
-            self.split_keys["test"] = list(self.split_keys["val"])
+        pieces = self.corpus.arrays
+        indices: dict[str, list[int]] = {s: [] for s in ("train", "val", "test")}
+        for i, (key, split) in enumerate(zip(self.corpus.keys, self.corpus.splits)):
+            indices[split or hash_split(key, self.val_fraction, self.test_fraction)].append(i)
+        if not indices["val"]:  # tiny corpora: borrow one training piece so val/loss exists
+            indices["val"].append(indices["train"][-1])
+        if not indices["test"]:
+            indices["test"] = list(indices["val"])
+        self.split_arrays = {
+            s: pieces.subset(idx) if isinstance(pieces, CompactPieces) else [pieces[i] for i in idx]
+            for s, idx in indices.items()
+        }
+        self.split_keys = {s: [self.corpus.keys[i] for i in idx] for s, idx in indices.items()}
         self.datasets = {
             "train": WindowDataset(
                 self.split_arrays["train"],

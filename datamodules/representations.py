@@ -73,6 +73,11 @@ class Representation(ABC):
         """Time steps of ``expand(compact)``, without expanding it."""
         return len(compact)
 
+    def expand_window(self, compact: np.ndarray, start: int, length: int) -> np.ndarray:
+        """``expand(compact)[start : start + length]``; a representation with sparse compact forms
+        draws just that window."""
+        return self.expand(compact)[start : start + length]
+
     def compact_is_silent(self, compact: np.ndarray) -> bool:
         """Whether ``expand(compact)`` has no notes."""
         return not np.asarray(compact).any()
@@ -229,12 +234,28 @@ class PianoRollRepresentation(Representation):
     def compact_steps(self, compact: np.ndarray) -> int:
         return int(compact[:, 1].max()) if len(compact) else 0
 
+    def expand_window(self, compact: np.ndarray, start: int, length: int) -> np.ndarray:
+        length = max(0, min(length, self.compact_steps(compact) - start))
+        onset, end = compact[:, 0].astype(np.int64), compact[:, 1].astype(np.int64)
+        inside = (onset < start + length) & (end > start)
+        if not inside.any():
+            return np.zeros((length, self.n_tracks, self.n_pitches), dtype=bool)
+        return self._fill_roll(
+            np.maximum(onset[inside] - start, 0),
+            np.minimum(end[inside] - start, length),
+            compact[inside, 2].astype(np.int64),
+            length,
+        )
+
     def compact_is_silent(self, compact: np.ndarray) -> bool:
         return len(compact) == 0
 
-    def _fill_roll(self, onset: np.ndarray, end: np.ndarray, column: np.ndarray) -> np.ndarray:
-        """A (steps, tracks, pitches) roll with ``[onset, end)`` set in flat (track, pitch) ``column``."""
-        length = int(end.max())
+    def _fill_roll(
+        self, onset: np.ndarray, end: np.ndarray, column: np.ndarray, length: int | None = None
+    ) -> np.ndarray:
+        """A (steps, tracks, pitches) roll with ``[onset, end)`` set in flat (track, pitch) ``column``;
+        ``length`` steps long (default: up to the last end)."""
+        length = int(end.max()) if length is None else int(length)
         width = self.n_tracks * self.n_pitches
         duration = end - onset
         cells = int(duration.sum())

@@ -517,3 +517,60 @@ def test_datamodule_batches_from_real_midi(midi_folder: Path, tmp_path: Path) ->
     assert dm.cache_path == build_cache(
         FolderSource(str(midi_folder)), rep, tmp_path / "cache", n_jobs=1, min_steps=8, progress=False
     )
+
+
+# ---------------------------------------------------------------------------------- compact pieces
+@SETTINGS
+@given(
+    notes=st.lists(
+        st.tuples(st.integers(0, 60), st.integers(1, 20), st.integers(0, 1), st.integers(0, 11)),
+        max_size=40,
+    ),
+    start=st.integers(0, 90),
+    length=st.integers(0, 40),
+)
+def test_a_window_drawn_from_notes_equals_the_slice_of_the_whole_roll(
+    notes: list[tuple[int, int, int, int]], start: int, length: int
+) -> None:
+    # Overlapping notes, notes that straddle the window's edges and windows past the end included.
+    rep = PianoRollRepresentation(n_tracks=2, pitch_low=60, pitch_high=71)
+    compact = np.array(
+        [(onset, onset + duration, track * 12 + pitch) for onset, duration, track, pitch in notes],
+        dtype=np.int32,
+    ).reshape(-1, 3)
+    whole = rep.expand(compact)
+    window = rep.expand_window(compact, start, length)
+    assert window.dtype == whole.dtype and window.shape[1:] == whole.shape[1:]
+    assert np.array_equal(window, whole[start : start + length])
+    tokens = MelodyRepresentation()
+    melody = np.arange(30, dtype=np.int16) % tokens.vocab_size
+    assert np.array_equal(tokens.expand_window(melody, start, length), melody[start : start + length])
+
+
+def test_the_datamodule_keeps_pieces_compact_and_serves_the_same_windows(
+    midi_folder: Path, tmp_path: Path
+) -> None:
+    from datamodules.pieces import CompactPieces
+
+    rep = PianoRollRepresentation(n_tracks=2, pitch_low=36, pitch_high=84)
+    dm = MusicDataModule(
+        FolderSource(str(midi_folder)), rep, cache_dir=str(tmp_path / "cache"), window=16, n_jobs=1
+    )
+    dm.setup()
+    for split, pieces in dm.split_arrays.items():
+        assert isinstance(pieces, CompactPieces) and len(pieces) == len(dm.split_keys[split])
+        dense = [pieces[i] for i in range(len(pieces))]
+        assert pieces.steps == [len(a) for a in dense]
+        assert pieces.nbytes < sum(a.nbytes for a in dense)
+        # The windows drawn from notes are the windows sliced from the dense rolls.
+        from_notes = dm.datasets[split]
+        from_rolls = WindowDataset(dense, rep, window=16, stride=dm.stride if split == "train" else 16)
+        assert from_rolls.index == from_notes.index
+        for i in range(len(from_notes)):
+            a, b = from_notes[i], from_rolls[i]
+            assert torch.equal(a["x"], b["x"]) and torch.equal(a["mask"], b["mask"])
+    # Every piece is in exactly one split (the tiny-corpus borrowing aside) and expands to its encoding.
+    source = FolderSource(str(midi_folder))
+    items = {item.key: item for item in source.items()}
+    for key, roll in zip(dm.split_keys["train"], dm.split_arrays["train"]):
+        assert np.array_equal(roll, rep.encode(LOADERS["midi"](items[key])))
