@@ -229,8 +229,8 @@ def stage_breakdown(
     and of loading the finished cache.
 
     The same work `build_cache` does per file, split up: where the time goes, and so what a faster
-    pipeline would have to cut. Loading (`load_cache`: reading the shards and expanding each piece's
-    compact form to its roll) is paid when a run starts, not when the cache is built.
+    pipeline would have to cut. Loading (`load_cache` reads the shards; expanding every piece to its
+    roll is timed for comparison) is paid when a run starts, not when the cache is built.
     """
     import symusic
 
@@ -264,10 +264,10 @@ def stage_breakdown(
 
             t, _ = best_time(write, repeats)
             stages[f"write the shards (.npz, {size} files each)"] = t
-            t, _ = best_time(lambda: [representation.expand(c) for c in compacts], repeats)
-            load["expand to piano-rolls"] = t
             t, _ = best_time(lambda: load_cache(tmp, representation, require_manifest=False), repeats)
-            load["`load_cache` in all (read the shards, expand)"] = t
+            load["`load_cache`: read the shards (the pieces stay compact)"] = t
+            t, _ = best_time(lambda: [representation.expand(c) for c in compacts], repeats)
+            load["expand every piece to its whole roll (not done by a run; for comparison)"] = t
     per_file = {name: seconds * 1e3 / n for name, seconds in stages.items()}
     return per_file, {name: seconds * 1e3 / n for name, seconds in load.items()}
 
@@ -493,8 +493,9 @@ def render_section(
     load = midi_info.get("load_ms") or {}
     if load:
         lines += [
-            "Loading the finished cache, which each run's `setup()` does (not part of the rows above): "
-            "reading the shards and drawing each piece's roll from its notes.",
+            "Loading the finished cache, which each run's `setup()` does (not part of the rows above). "
+            "The pieces stay as notes in memory (`CompactPieces`); the data loader draws each training "
+            "window from the notes that overlap it.",
             "",
             "| load step | ms per file |",
             "|---|---:|",
