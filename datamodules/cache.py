@@ -162,9 +162,8 @@ def _build_shard(
     return _write_shard(path, items, results, steps)
 
 
-ShardTask = tuple[
-    int, Path, list[SourceItem], Representation, int
-]  # index, path, items, representation, min_steps
+# (shard index, shard path, its items, representation, min_steps)
+ShardTask = tuple[int, Path, list[SourceItem], Representation, int]
 
 
 def _next_task(counter: Any, n_tasks: int) -> int | None:
