@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import muspy
@@ -23,6 +24,7 @@ from datamodules.sources import (
     NottinghamSource,
     jsb_steps_to_table,
     load_item,
+    musicxml_part_names,
     voices_by_rank,
 )
 from tests.conftest import bach_representation, random_music, write_midi_folder
@@ -296,6 +298,25 @@ def test_bach_end_to_end_with_a_fresh_cache(tmp_path: Path) -> None:
     batch = next(iter(dm.train_dataloader()))
     assert batch["x"].shape[1:] == (16, 4, 49)
     assert batch["x"][:, :, 0].any() and batch["x"][:, :, 3].any()  # soprano and bass routed by name
+
+
+def test_musicxml_part_names_are_read_from_the_part_list_alone(tmp_path: Path) -> None:
+    chorales = {Path(item.path).name: item.path for item in Music21CorpusSource("bach").items()}
+    assert musicxml_part_names(chorales["bwv66.6.mxl"]) == ["Soprano", "Alto", "Tenor", "Bass"]
+    part_list = (
+        '<?xml version="1.0" encoding="UTF-8"?>\n<score-partwise xmlns="http://example.org/ns"><part-list>'
+        '<score-part id="P1"><part-name>Flute </part-name></score-part>'
+        '<score-part id="P2"><part-name/></score-part></part-list>'
+    )
+    # Reading stops at the end of the part list: what follows it (here, not even XML) is never read.
+    path = tmp_path / "score.musicxml"
+    path.write_text(part_list + "<part id='P1'><measure <<< truncated")
+    assert musicxml_part_names(path) == ["Flute", ""]
+    archive = tmp_path / "score.mxl"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("META-INF/container.xml", "<container/>")
+        z.writestr("score.xml", part_list + "</score-partwise>")
+    assert musicxml_part_names(archive) == ["Flute", ""]
 
 
 # -------------------------------------------------------------------------------------------- configs
