@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import time
 import warnings
 from collections.abc import Iterable
 from pathlib import Path
@@ -62,15 +63,40 @@ def check_override_types(defaults: DictConfig, overrides: Iterable[str], compose
             )
 
 
+def busy_cores(sample_seconds: float = 0.25) -> float:
+    """Cores that other work keeps busy right now.
+
+    On Linux, the non-idle share of all CPU time over a short sample (``/proc/stat``), times the
+    number of CPUs. The 1-minute load average, the fallback elsewhere, lags: right after a heavy
+    job ends it still reads busy, which had a run that started then train on half the cores.
+    """
+
+    def cpu_times() -> tuple[int, int]:
+        with open("/proc/stat") as stat:
+            # user nice system idle iowait irq softirq steal
+            values = [int(v) for v in stat.readline().split()[1:9]]
+        return values[3] + values[4], sum(values)
+
+    try:
+        idle_before, total_before = cpu_times()
+        time.sleep(sample_seconds)
+        idle_after, total_after = cpu_times()
+    except (OSError, ValueError, IndexError):
+        return os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    total = total_after - total_before
+    idle = idle_after - idle_before
+    return (os.cpu_count() or 1) * (1 - idle / total) if total > 0 else 0.0
+
+
 def auto_torch_threads(processes: int = 1) -> int:
     """Torch CPU threads per process from the cores idle right now (at least 1).
 
     Small recurrent models gain from a second thread on a quiet machine (one default-run epoch:
     26 s on 1 thread, 16 s on 2) but slow down many times over when the threads have to fight
-    other jobs for the cores, so busy cores (the 1-minute load average) are left alone.
+    other jobs for the cores, so cores that are busy now (`busy_cores`) are left alone.
     """
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    busy = int(os.getloadavg()[0]) if hasattr(os, "getloadavg") else 0
+    busy = round(busy_cores())
     return max(1, min(torch.get_num_threads(), (cores - busy) // max(1, processes)))
 
 

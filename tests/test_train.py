@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import signal
 import subprocess
@@ -142,8 +143,25 @@ def test_ddp_cpu_two_processes(tmp_path: Path, cache_dir: Path) -> None:
     assert list((tmp_path / "ddp" / "samples").glob("*.mid"))
 
 
+def _spin(seconds: float) -> None:
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
 def test_auto_torch_threads_leaves_busy_cores_alone() -> None:
-    from muselab.utils import auto_torch_threads
+    from muselab.utils import auto_torch_threads, busy_cores
 
     assert 1 <= auto_torch_threads() <= torch.get_num_threads()
     assert auto_torch_threads(processes=10_000) == 1  # never 0 threads, however many processes
+    cores = len(os.sched_getaffinity(0))
+    spinner = mp.get_context("fork").Process(target=_spin, args=(3.0,))
+    spinner.start()
+    try:
+        time.sleep(0.5)
+        # A core kept busy now counts at once (the 1-minute load average would still read ~0).
+        assert busy_cores() >= 0.5
+        assert auto_torch_threads() <= max(1, cores - 1)
+    finally:
+        spinner.terminate()
+        spinner.join()
