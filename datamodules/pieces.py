@@ -25,12 +25,18 @@ class CompactPieces(Sequence[np.ndarray]):
     Args:
         compacts: each piece's compact form, as `Representation.encode_compact` made it.
         representation: the representation that made them.
+        steps: each piece's length in steps, when known (else computed from ``compacts``).
     """
 
-    def __init__(self, compacts: Sequence[np.ndarray], representation: Representation) -> None:
+    def __init__(
+        self,
+        compacts: Sequence[np.ndarray],
+        representation: Representation,
+        steps: Sequence[int] | None = None,
+    ) -> None:
         self.compacts = list(compacts)
         self.representation = representation
-        self.steps = [representation.compact_steps(c) for c in self.compacts]
+        self.steps = list(steps) if steps is not None else [representation.compact_steps(c) for c in compacts]
 
     def __len__(self) -> int:
         return len(self.compacts)
@@ -52,10 +58,9 @@ class CompactPieces(Sequence[np.ndarray]):
 
     def subset(self, indices: Sequence[int]) -> CompactPieces:
         """The pieces at ``indices``, in that order (sharing their compact arrays)."""
-        out = CompactPieces([], self.representation)
-        out.compacts = [self.compacts[i] for i in indices]
-        out.steps = [self.steps[i] for i in indices]
-        return out
+        return CompactPieces(
+            [self.compacts[i] for i in indices], self.representation, [self.steps[i] for i in indices]
+        )
 
     @property
     def nbytes(self) -> int:

@@ -199,14 +199,16 @@ def relative_key(path: Path, root: Path) -> str:
     return key.replace(os.sep, "/")
 
 
-def scan_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[Path, os.stat_result]]:
+def scan_files(
+    root: Path, extensions: tuple[str, ...], stat: bool = True
+) -> list[tuple[Path, os.stat_result | None]]:
     """Files under ``root`` with one of ``extensions`` (case-insensitive) and their stat, sorted by
     relative path; hidden files and folders are skipped.
 
     One `os.scandir` walk: a directory entry already says whether it is a file, so the only system
-    call per file is the stat the fingerprint needs (Lakh has 176k files).
+    call per file is the stat the fingerprint needs (Lakh has 176k files); ``stat=False`` skips it.
     """
-    found: list[tuple[tuple[str, ...], Path, os.stat_result]] = []
+    found: list[tuple[tuple[str, ...], Path, os.stat_result | None]] = []
     stack: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
     seen: set[str] = set()  # symlinked folders are followed, once each (a link loop must not hang)
     while stack:
@@ -221,14 +223,14 @@ def scan_files(root: Path, extensions: tuple[str, ...]) -> list[tuple[Path, os.s
                 if entry.is_dir():
                     stack.append((entry.path, (*parts, entry.name)))
                 elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
-                    found.append(((*parts, entry.name), Path(entry.path), entry.stat()))
+                    found.append(((*parts, entry.name), Path(entry.path), entry.stat() if stat else None))
     found.sort(key=lambda f: f[0])
     return [(path, stat) for _, path, stat in found]
 
 
 def list_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Files under ``root`` with one of ``extensions`` (case-insensitive), sorted, hidden ones skipped."""
-    return [path for path, _ in scan_files(root, extensions)]
+    return [path for path, _ in scan_files(root, extensions, stat=False)]
 
 
 def ensure_muspy_success(root: str | Path) -> Path:
@@ -301,7 +303,7 @@ class FolderSource(Source):
             "name": self.name,
             "root": self.root,
             "extensions": self.extensions,
-            "files": files_digest(root, scan_files(root, self.extensions)),
+            "files": files_digest(root, self.extensions),
         }
 
 
@@ -381,9 +383,10 @@ def load_boulanger(path: str | Path) -> dict[str, list[np.ndarray]]:
 log = logging.getLogger(__name__)
 
 
-def files_digest(root: Path, files: list[tuple[Path, os.stat_result]]) -> str:
-    """Hash of the relative path, size and modification time of each ``(path, stat)`` of `scan_files`:
+def files_digest(root: Path, extensions: tuple[str, ...]) -> str:
+    """Hash of the relative path, size and modification time of the files `scan_files` lists:
     changes when content does."""
+    files = scan_files(root, extensions)
     digest = hashlib.sha1()
     for path, stat in files:
         digest.update(f"{relative_key(path, root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
@@ -466,7 +469,7 @@ class MuspyDatasetSource(Source):
         return {
             "name": self.name,
             "root": self.root,
-            "files": files_digest(root, scan_files(root, self.extensions)),
+            "files": files_digest(root, self.extensions),
             **self._settings(),
         }
 
@@ -513,8 +516,7 @@ class EssenSource(Source):
     def fingerprint(self) -> dict[str, Any]:
         folder = self.folder()
         self._files()  # a clear error when music21's corpus lacks them
-        files = scan_files(folder, ABC_EXTENSIONS)
-        return {"name": self.name, "limit": self.limit, "files": files_digest(folder, files)}
+        return {"name": self.name, "limit": self.limit, "files": files_digest(folder, ABC_EXTENSIONS)}
 
 
 class NottinghamSource(MuspyDatasetSource):
