@@ -355,7 +355,36 @@ def bench_bach(args: dict[str, Any], jobs: list[int]) -> tuple[list[dict[str, An
         )
     for r in rows:
         r["vs_muspy"] = r["files_per_s"] / rows[0]["files_per_s"]
-    return rows, {"files": len(files), "notes": n_notes, "representation": representation.to_config()}
+    info = {"files": len(files), "notes": n_notes, "representation": representation.to_config()}
+    info["windows"] = bench_windows(source, representation, args["repeats"])
+    return rows, info
+
+
+def bench_windows(source: Any, representation: Any, repeats: int, window: int = 64) -> dict[str, Any]:
+    """The training split in memory and the cost of one training window: pieces kept as notes
+    (`CompactPieces`, what `MusicDataModule` does) against the same pieces as dense rolls."""
+    from datamodules import MusicDataModule, WindowDataset
+
+    with tempfile.TemporaryDirectory(prefix="muselab-bench-windows-") as tmp:
+        dm = MusicDataModule(source, representation, cache_dir=tmp, window=window, n_jobs=1)
+        dm.prepare_data()
+        dm.setup()
+        pieces = dm.split_arrays["train"]
+        dense = [pieces[i] for i in range(len(pieces))]
+        from_notes = dm.datasets["train"]
+        from_rolls = WindowDataset(dense, representation, window, dm.stride)
+        n = len(from_notes)
+        t_notes, _ = best_time(lambda: [from_notes[i] for i in range(n)], repeats)
+        t_rolls, _ = best_time(lambda: [from_rolls[i] for i in range(n)], repeats)
+    return {
+        "window": window,
+        "pieces": len(pieces),
+        "windows": n,
+        "notes_mb": pieces.nbytes / 1e6,
+        "rolls_mb": sum(a.nbytes for a in dense) / 1e6,
+        "notes_us": t_notes * 1e6 / n,
+        "rolls_us": t_rolls * 1e6 / n,
+    }
 
 
 # ------------------------------------------------------------------------------------------- report
@@ -514,6 +543,20 @@ def render_section(
             *_table(bach_rows, "vs_muspy", "of muspy's rate"),
             "",
         ]
+        w = bach_info.get("windows")
+        if w:
+            lines += [
+                f"Training split in memory and one training example ({w['window']} steps, "
+                f"`dataset[i]`, every one of the {w['windows']:,} windows of {w['pieces']} pieces, best "
+                "of the runs):",
+                "",
+                "| pieces kept as | memory (MB) | µs per window |",
+                "|---|---:|---:|",
+                f"| notes (`CompactPieces`, what `MusicDataModule` does) | {w['notes_mb']:.1f} | "
+                f"{w['notes_us']:.0f} |",
+                f"| dense rolls | {w['rolls_mb']:.1f} | {w['rolls_us']:.0f} |",
+                "",
+            ]
     if meta.get("notes"):
         lines += ["### Notes", "", meta["notes"].strip(), ""]
     return "\n".join(lines)
@@ -555,6 +598,9 @@ NOTES = """\
 - Fixed costs (the fork, listing, the manifest) weigh less on a larger folder: with 2,000 files of
   the same kind (`make bench-data files=2000 bach=false docs=`, run once on 2026-11-24 on this
   machine) the pipeline ran at 63 % of symusic's rate with n_jobs=2 and 35 % with n_jobs=1.
+- The rows above are one run of the benchmark. Over the six runs of 2026-11-24 after these
+  changes (`make bench-data`, same machine), the pipeline reached 53-63 % of symusic's rate with
+  n_jobs=2 and 34-42 % with n_jobs=1, as symusic's own rate moved between 5,400 and 6,800 files/s.
 - The target is met with the default `n_jobs` (all cores, 2 here) and missed in one process. The
   step table says why: symusic's own conversion of its note lists to numpy (`NoteList.numpy()`, in
   its C++: ~3.5 us per track plus ~11 ns per note on these files) costs half the parse by itself,
