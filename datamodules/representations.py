@@ -238,7 +238,7 @@ class PianoRollRepresentation(Representation):
         length = max(0, min(length, self.compact_steps(compact) - start))
         onset, end = compact[:, 0].astype(np.int64), compact[:, 1].astype(np.int64)
         inside = (onset < start + length) & (end > start)
-        if not inside.any():
+        if length == 0 or not inside.any():  # an empty window would clip a note to zero steps
             return np.zeros((length, self.n_tracks, self.n_pitches), dtype=bool)
         return self._fill_roll(
             np.maximum(onset[inside] - start, 0),
