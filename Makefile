@@ -4,13 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-MODEL ?= pianoroll_rnn
-DATA ?= bach
-N ?= 4
-OUT ?= samples
-CKPT ?=
+# MODEL, DATA, N, OUT, CKPT, PRIMER, CHORDS, INSTRUMENTS, ATTRIBUTE: passed on only when given, so
+# each default is stated once, in conf/ (a model config may choose its own default data).
+ARG_VARS := MODEL DATA N OUT CKPT PRIMER CHORDS INSTRUMENTS ATTRIBUTE
 # Free Hydra overrides: everything after the target that looks like key=value.
-OVERRIDES = $(filter-out MODEL=% DATA=% N=% OUT=% CKPT=%,$(MAKEOVERRIDES))
+OVERRIDES = $(filter-out $(addsuffix =%,$(ARG_VARS)),$(MAKEOVERRIDES))
+# `NAME=value` as `key=value` for the command line, only when NAME was given.
+arg = $(if $($(1)),'$(2)=$($(1))')
+SAMPLE_ARGS = $(call arg,N,n) $(call arg,OUT,out) $(call arg,PRIMER,prompt) $(call arg,CHORDS,chords) \
+	$(call arg,INSTRUMENTS,instruments) $(call arg,ATTRIBUTE,attribute)
 export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
@@ -37,15 +39,15 @@ install-audio: ## Optional: Debian's fluidsynth + GM soundfont for audio (a fall
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth fluid-soundfont-gm >/dev/null); }
 
 train: install ## Train: make train MODEL=pianoroll_rnn DATA=bach [hydra overrides]
-	$(PY) -m muselab.train model=$(MODEL) data=$(DATA) $(OVERRIDES)
+	$(PY) -m muselab.train $(call arg,MODEL,model) $(call arg,DATA,data) $(OVERRIDES)
 
-sample: install ## Write N MIDI files from a checkpoint: make sample CKPT=path N=4 OUT=samples
-	@test -n "$(CKPT)" || (echo "usage: make sample CKPT=path/to/last.ckpt [N=4] [OUT=samples]"; exit 2)
-	$(PY) -m muselab.sample ckpt=$(CKPT) n=$(N) out=$(OUT) $(OVERRIDES)
+sample: install ## Write N samples from a checkpoint: make sample CKPT=path [N=4] [OUT=samples] [PRIMER=tune.mid]
+	@test -n "$(CKPT)" || (echo "usage: make sample CKPT=path/to/last.ckpt [N=4] [OUT=samples] [PRIMER=tune.mid] [option=value ...]"; exit 2)
+	$(PY) -m muselab.sample $(call arg,CKPT,ckpt) $(SAMPLE_ARGS) $(OVERRIDES)
 
 evaluate: install ## Test-split loss + music metrics: make evaluate CKPT=path [N=16]
-	@test -n "$(CKPT)" || (echo "usage: make evaluate CKPT=path/to/last.ckpt [N=16]"; exit 2)
-	$(PY) -m muselab.evaluate ckpt=$(CKPT) n=$(N) $(OVERRIDES)
+	@test -n "$(CKPT)" || (echo "usage: make evaluate CKPT=path/to/last.ckpt [N=16] [option=value ...]"; exit 2)
+	$(PY) -m muselab.evaluate $(call arg,CKPT,ckpt) $(SAMPLE_ARGS) $(OVERRIDES)
 
 test: install ## Fast test suite
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup

@@ -1,8 +1,8 @@
 """`SampleMusic`: hear, see and measure what a model makes, every few epochs, with any logger.
 
-After validation (every ``every_n_epochs``), rank 0 calls ``pl_module.sample(n, steps, temperature)``
-(the one contract of every `GenerativeModule`) under a forked, seeded RNG, so sampling never changes
-the training run's random stream, and:
+After validation (every ``every_n_epochs``), rank 0 calls ``pl_module.sample(n, length,
+temperature, **options)`` (the one contract of every `GenerativeModule`) under a forked, seeded RNG,
+so sampling never changes the training run's random stream, and:
 
 - writes ``<root>/samples/epoch_XXX/sample_NN.{mid,png,wav}`` (audio for the first ``n_audio`` only:
   synthesis is the slow part, and runs in a background thread while training goes on), and once
@@ -12,7 +12,8 @@ the training run's random stream, and:
   the run), TensorBoard (``add_image`` / ``add_audio`` under the same tags); CSV and no logger
   keep the files on disk only;
 - logs scalars (every logger): ``sample/<metric>`` (`MusicMetrics` means over the samples),
-  ``sample/n_notes``, once ``data/<metric>`` (real validation windows of the same length),
+  ``sample/n_notes``, once ``data/<metric>`` (real validation windows of as many bars, measured on
+  decoded music like the samples: `muselab.music.MusicReference`),
   ``overfit/loss_gap`` (val - train loss), ``overfit/loss_ratio`` (val / train loss),
   ``overfit/memorization`` (share of generated n-bar windows copied verbatim from the training
   set), ``overfit/overlap_<metric>`` (overlapping area of generated vs real per-piece
@@ -29,7 +30,6 @@ import importlib.util
 import logging
 import time
 import warnings
-from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,128 +42,10 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 
-from callbacks.memorization import MemorizationIndex
-from callbacks.music_metrics import METRIC_NAMES, MusicMetrics, distribution_overlap
-from callbacks.rendering import pianoroll_image, read_wav_mono, render_audio, resolve_backend
-from datamodules.pieces import piece_steps, piece_window
-from datamodules.representations import Representation
+from muselab.music.evaluation import MusicReference, loss_gap, music_report, n_bars, write_pieces
+from muselab.music.rendering import read_wav_mono, render_audio, resolve_backend
 
 log = logging.getLogger(__name__)
-
-
-# ------------------------------------------------------------------------------ shared helpers
-def real_windows(
-    arrays: Sequence[np.ndarray], representation: Representation, steps: int, max_pieces: int = 32
-) -> list[muspy.Music]:
-    """Decode up to ``max_pieces`` windows of ``steps`` steps, spread evenly over ``arrays``.
-
-    Generated and real music are compared at the same length, because most metrics (pitch range,
-    empty bars, memorisation) depend on it. Windows do not overlap unless that gives fewer than
-    ``max_pieces`` (small splits), when they hop by a quarter window. Pieces shorter than ``steps``
-    are used whole only when no piece is long enough.
-    """
-
-    lengths = [piece_steps(arrays, i) for i in range(len(arrays))]
-
-    def spans_at(hop: int) -> list[tuple[int, int]]:
-        return [(i, s) for i, n in enumerate(lengths) for s in range(0, n - steps + 1, hop)]
-
-    spans = spans_at(steps)
-    if len(spans) < max_pieces:
-        spans = spans_at(max(1, steps // 4))
-    if not spans:
-        spans = [(i, 0) for i, n in enumerate(lengths) if n]
-    if len(spans) > max_pieces:  # evenly over the corpus, not just the first pieces
-        spans = [spans[int(k)] for k in np.linspace(0, len(spans) - 1, max_pieces).round()]
-    return [representation.decode(piece_window(arrays, i, s, steps)) for i, s in spans]
-
-
-def n_notes(music: muspy.Music) -> int:
-    """Total notes over all tracks."""
-    return sum(len(t.notes) for t in music.tracks)
-
-
-def write_pieces(
-    musics: Sequence[muspy.Music],
-    out_dir: str | Path,
-    prefix: str = "sample",
-    n_audio: int | None = None,
-    images: bool = True,
-    audio_backend: str = "auto",
-    sample_rate: int = 22050,
-    title: str | None = None,
-) -> list[dict[str, Path | None]]:
-    """Write ``<prefix>_NN.mid`` (+ ``.png``, + ``.wav`` for the first ``n_audio``; None: all) per piece.
-
-    Returns one dict per piece with the ``midi``, ``png`` and ``wav`` paths (None where not written).
-    """
-    from muselab.utils import write_midi
-
-    out_dir = Path(out_dir)
-    midis = write_midi(list(musics), out_dir, prefix=prefix)
-    n_audio = len(musics) if n_audio is None else n_audio
-    out = []
-    for i, (music, midi) in enumerate(zip(musics, midis)):
-        png = wav = None
-        if images:
-            caption = f"{title or prefix} {i}: {n_notes(music)} notes"
-            png = pianoroll_image(music, midi.with_suffix(".png"), title=caption)
-        if i < n_audio:
-            wav = midi.with_suffix(".wav")
-            render_audio(music, wav, sample_rate=sample_rate, backend=audio_backend)
-        out.append({"midi": midi, "png": png, "wav": wav})
-    return out
-
-
-def music_report(
-    generated: Sequence[muspy.Music],
-    real: Sequence[muspy.Music] | None = None,
-    memorization: MemorizationIndex | None = None,
-    beats_per_bar: int = 4,
-    real_values: dict[str, torch.Tensor] | None = None,
-) -> tuple[dict[str, float], dict[str, float]]:
-    """Metrics of generated music, and of the real music (empty if none given).
-
-    Returns ``(metrics, data_metrics)``: ``metrics`` holds ``sample/<metric>``, ``sample/n_notes``,
-    ``overfit/overlap_<metric>`` (when real music is given) and ``overfit/memorization`` (when an
-    index is given); ``data_metrics`` holds ``data/<metric>``. ``real_values`` (per-piece values of
-    the real music, from an earlier call) saves recomputing them every epoch.
-    """
-    gen = MusicMetrics(METRIC_NAMES, beats_per_bar, sync_on_compute=False)
-    gen.update(list(generated))
-    metrics = {f"sample/{k}": float(v) for k, v in gen.compute().items()}
-    metrics["sample/n_notes"] = float(np.mean([n_notes(m) for m in generated])) if generated else 0.0
-    data_metrics: dict[str, float] = {}
-    if real_values is None and real:
-        ref = MusicMetrics(METRIC_NAMES, beats_per_bar, sync_on_compute=False)
-        ref.update(list(real))
-        real_values = ref.values()
-    if real_values is not None:
-        data_metrics = {f"data/{k}": float(v.mean()) for k, v in real_values.items() if v.numel()}
-        overlap = distribution_overlap(gen.values(), real_values)
-        metrics.update({f"overfit/overlap_{k}": float(v) for k, v in overlap.items()})
-    if memorization is not None:
-        metrics["overfit/memorization"] = float(memorization.score_music(list(generated)))
-    return metrics, data_metrics
-
-
-def loss_gap(callback_metrics: dict[str, Any], split: str = "val") -> dict[str, float]:
-    """``overfit/loss_gap`` (``<split>/loss`` - train loss) and ``overfit/loss_ratio`` (their ratio).
-
-    The train loss is the epoch mean (``train/loss_epoch`` when the step value is logged too).
-    Empty when either loss is missing or not finite.
-    """
-    held_out = callback_metrics.get(f"{split}/loss")
-    train = callback_metrics.get("train/loss_epoch", callback_metrics.get("train/loss"))
-    if held_out is None or train is None:
-        return {}
-    held_out, train = float(held_out), float(train)
-    if not (np.isfinite(held_out) and np.isfinite(train)):
-        return {}
-    out = {"overfit/loss_gap": held_out - train}
-    if train > 0:
-        out["overfit/loss_ratio"] = held_out / train
-    return out
 
 
 # ------------------------------------------------------------------------------ the callback
@@ -172,8 +54,9 @@ class SampleMusic(Callback):
 
     Args:
         n_samples: pieces generated each time.
-        steps: steps per piece (default: the model's default, 16 bars).
+        length: length of a piece in the model's unit (steps or tokens; None: the model's default).
         temperature: sampling temperature.
+        options: sampling options passed to ``sample`` unchanged (``top_k``, ``chords``, ...).
         every_n_epochs: run after the validation of every n-th epoch.
         n_audio: samples rendered to audio each time (synthesis is the slowest part).
         background_audio: render audio in a background thread while training goes on; it is
@@ -181,7 +64,7 @@ class SampleMusic(Callback):
             training, so audio never holds up the training loop.
         images: draw a piano-roll PNG per sample.
         n_real: real validation windows measured once for ``data/`` and the overlaps.
-        memorization_bars: window length of the memorisation index (capped by ``steps``).
+        memorization_bars: window length of the memorisation index (capped by the samples' bars).
         audio_backend: ``auto``, ``fluidsynth``, ``symusic`` or ``numpy`` (see `callbacks.rendering`).
         sample_rate: audio sample rate.
         beats_per_bar: bar length for the bar metrics.
@@ -194,8 +77,9 @@ class SampleMusic(Callback):
     def __init__(
         self,
         n_samples: int = 4,
-        steps: int | None = 128,
+        length: int | None = None,
         temperature: float = 1.0,
+        options: dict[str, Any] | None = None,
         every_n_epochs: int = 1,
         n_audio: int = 1,
         background_audio: bool = True,
@@ -214,8 +98,9 @@ class SampleMusic(Callback):
         if n_samples < 1 or every_n_epochs < 1:
             raise ValueError("n_samples and every_n_epochs must be at least 1")
         self.n_samples = int(n_samples)
-        self.steps = steps
+        self.length = length
         self.temperature = float(temperature)
+        self.options = dict(options or {})
         self.every_n_epochs = int(every_n_epochs)
         self.n_audio = int(n_audio)
         self.background_audio = background_audio
@@ -230,10 +115,8 @@ class SampleMusic(Callback):
         self.seed = int(seed)
         self.generation_threads = generation_threads
         self._validated_epoch: int | None = None
-        self._real_values: dict[str, torch.Tensor] | None = None
-        self._real_done = False
-        self._memorization: MemorizationIndex | None = None
-        self._memorization_built = False
+        self._reference: MusicReference | None = None
+        self._real_logged = False
         self._executor: ThreadPoolExecutor | None = None
         self._pending: list[_PendingAudio] = []
         self.last_metrics: dict[str, float] = {}
@@ -286,12 +169,6 @@ class SampleMusic(Callback):
     def _root(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir) / "samples"
 
-    def _steps(self, pl_module: L.LightningModule) -> int:
-        representation = getattr(pl_module, "representation", None)
-        if self.steps:
-            return int(self.steps)
-        return 16 * representation.steps_per_bar(self.beats_per_bar) if representation else 256
-
     def _generate(self, pl_module: L.LightningModule, epoch: int) -> list[muspy.Music]:
         devices = [pl_module.device.index or 0] if pl_module.device.type == "cuda" else []
         threads = torch.get_num_threads()
@@ -305,38 +182,37 @@ class SampleMusic(Callback):
             # numbers with or without this callback.
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(self.seed + epoch)
-                return pl_module.sample(self.n_samples, self._steps(pl_module), self.temperature)
+                return pl_module.sample(self.n_samples, self.length, self.temperature, **self.options)
         finally:
             torch.set_num_threads(threads)
 
-    def _real(self, trainer: L.Trainer, pl_module: L.LightningModule, steps: int) -> list[muspy.Music]:
-        datamodule = getattr(trainer, "datamodule", None)
-        arrays = getattr(datamodule, "split_arrays", {}).get("val") if datamodule is not None else None
-        representation = getattr(pl_module, "representation", None)
-        if not arrays or representation is None:
-            return []
-        return real_windows(arrays, representation, steps, self.n_real)
-
-    def _memorization_index(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, steps: int
-    ) -> MemorizationIndex | None:
-        if not self._memorization_built:
-            self._memorization_built = True  # built once; a run without train arrays never retries
+    def reference(self, trainer: L.Trainer, pl_module: L.LightningModule, bars: int) -> MusicReference | None:
+        """Validation windows and the training set's memorisation index, built on first use."""
+        if self._reference is None:
             datamodule = getattr(trainer, "datamodule", None)
-            arrays = getattr(datamodule, "split_arrays", {}).get("train") if datamodule is not None else None
+            splits = getattr(datamodule, "split_arrays", {}) if datamodule is not None else {}
             representation = getattr(pl_module, "representation", None)
-            if arrays and representation is not None:
-                bars = max(
-                    1, min(self.memorization_bars, steps // representation.steps_per_bar(self.beats_per_bar))
-                )
-                self._memorization = MemorizationIndex(arrays, representation, bars, self.beats_per_bar)
-        return self._memorization
+            if not splits or representation is None:
+                return None
+            self._reference = MusicReference(
+                splits.get("val"),
+                splits.get("train"),
+                representation,
+                bars,
+                self.n_real,
+                self.memorization_bars,
+                beats_per_bar=self.beats_per_bar,
+            )
+        return self._reference
 
     def _run(self, trainer: L.Trainer, pl_module: L.LightningModule, split: str) -> dict[str, float]:
         start = time.perf_counter()
         self._collect_audio(trainer)  # the previous run's audio, rendered in the meantime
         epoch, step = trainer.current_epoch, trainer.global_step
-        steps = self._steps(pl_module)
+        if not all(torch.isfinite(p).all() for p in pl_module.parameters()):
+            # A diverged model: its samples would be noise or silence; the NaN guard stops the run.
+            log.warning("SampleMusic epoch %d: the model's weights are not finite; no samples", epoch)
+            return {}
         musics = self._generate(pl_module, epoch)
         root = self._root(trainer)
         n_audio_now = 0 if self.background_audio else self.n_audio
@@ -350,13 +226,16 @@ class SampleMusic(Callback):
             self.sample_rate,
             title=f"epoch {epoch} sample",
         )
+        reference = self.reference(trainer, pl_module, max(n_bars(m, self.beats_per_bar) for m in musics))
+        metrics = music_report(musics, reference, self.beats_per_bar)
+        metrics.update(loss_gap(trainer.callback_metrics, split))
         real_files: list[dict[str, Path | None]] = []
-        real: list[muspy.Music] = []
-        if not self._real_done:
-            real = self._real(trainer, pl_module, steps)
-            if real:  # one real piece beside the samples: the same look, for comparison
+        if reference is not None and not self._real_logged:
+            self._real_logged = True
+            metrics.update(reference.data_metrics())
+            if reference.windows:  # one real piece beside the samples: the same look, for comparison
                 real_files = write_pieces(
-                    real[:1],
+                    reference.windows[:1],
                     root / "data",
                     "real",
                     min(1, n_audio_now),
@@ -365,21 +244,6 @@ class SampleMusic(Callback):
                     self.sample_rate,
                     title="validation data",
                 )
-        if real and self._real_values is None:
-            ref = MusicMetrics(METRIC_NAMES, self.beats_per_bar, sync_on_compute=False)
-            ref.update(real)
-            self._real_values = ref.values()  # per-piece values, kept for every later overlap
-        metrics, data_metrics = music_report(
-            musics,
-            None,
-            self._memorization_index(trainer, pl_module, steps),
-            self.beats_per_bar,
-            self._real_values,
-        )
-        metrics.update(loss_gap(trainer.callback_metrics, split))
-        if not self._real_done:
-            metrics.update(data_metrics)
-            self._real_done = True
         self._log_media(trainer, files, real_files)
         if self.background_audio:
             self._submit_audio("samples", files[: self.n_audio], step, epoch)

@@ -4,7 +4,7 @@ The cache directory is named by a hash of the source fingerprint and the represe
 changing either builds a new cache and never reuses a stale one. Items are processed in shards, each
 built and written by one process; a shard is written to a temporary file and renamed into place, so
 a killed run leaves only whole shards and a re-run redoes just the missing ones. Shards hold each
-piece in its representation's compact form (`Representation.encode_compact`: for a piano-roll, its
+piece in its representation's compact form (`CompactStorage.encode_compact`: for a piano-roll, its
 quantised notes), expanded when a run loads the cache. Files that cannot be used are skipped and
 counted.
 """
@@ -32,7 +32,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from datamodules.pieces import CompactPieces
-from datamodules.representations import Representation, build_representation
+from datamodules.representations import Representation, build_representation, compact_codec
 from datamodules.sources import Source, SourceItem, load_item
 
 log = logging.getLogger(__name__)
@@ -97,13 +97,14 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
         return None, "no notes"
     if table.n_notes > MAX_NOTES or table.end_tick / table.resolution > MAX_BEATS:
         return None, f"absurd: {table.n_notes} notes over {table.end_tick / table.resolution:.0f} beats"
+    codec = compact_codec(representation)
     try:
-        compact = representation.encode_compact(table)
+        compact = codec.encode_compact(table)
     except Exception as exc:
         return None, f"unencodable: {type(exc).__name__}: {str(exc)[:120]}"
-    if representation.compact_is_silent(compact):
+    if codec.compact_is_silent(compact):
         return None, "no notes in the representation's tracks and pitch range"
-    if (steps := representation.compact_steps(compact)) < min_steps:
+    if (steps := codec.compact_steps(compact)) < min_steps:
         return None, f"too short: {steps} steps < {min_steps}"
     return compact, ""
 
@@ -158,7 +159,8 @@ def _build_shard(
     path: Path, items: list[SourceItem], representation: Representation, min_steps: int
 ) -> _ShardMeta:
     results = [process_item(item, representation, min_steps) for item in items]
-    steps = [representation.compact_steps(compact) for compact, _ in results if compact is not None]
+    codec = compact_codec(representation)
+    steps = [codec.compact_steps(compact) for compact, _ in results if compact is not None]
     return _write_shard(path, items, results, steps)
 
 

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.cache import CachedCorpus, build_cache, load_cache
 from datamodules.pieces import CompactPieces, piece_steps, piece_window
-from datamodules.representations import Representation, build_representation
+from datamodules.representations import Representation, Transposable, build_representation
 from datamodules.sources import Source
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,14 @@ class WindowDataset(Dataset):
 
     Each example is ``{"x": window, "mask": (window,) bool}``; a piece shorter than the window is
     zero-padded and ``mask`` marks the real steps. ``window=None`` yields whole pieces (padded by the
-    collate function to the longest in the batch).
+    collate function to the longest in the batch). Boolean arrays (piano-rolls) become float32,
+    integer arrays (tokens) int64, float arrays stay float32.
+
+    Transposition (up to ``transpose`` semitones either way, never pushing a note out of range) needs
+    a `Transposable` representation. The shift of an example is drawn from a generator seeded by
+    ``(seed, epoch, index)``: the same for any number of DataLoader workers and after a resume, and
+    different for every example and epoch. It is drawn when the index comes as ``(index, epoch)``,
+    as `EpochSampler` yields it; a plain index gives the window untransposed.
     """
 
     def __init__(
@@ -52,7 +59,8 @@ class WindowDataset(Dataset):
         self.representation = representation
         self.window = window
         self.transpose = int(transpose)
-        self.rng = np.random.default_rng(seed)
+        self.transposer = representation if isinstance(representation, Transposable) else None
+        self.seed = int(seed)
         self.index: list[tuple[int, int]] = []
         for piece in range(len(arrays)):
             if window is None:
@@ -68,26 +76,47 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self.index)
 
-    def _random_shift(self, window: np.ndarray) -> int:
-        extent = self.representation.pitch_extent(window)
-        if not self.transpose or extent is None:
+    def shift(self, window: np.ndarray, index: int, epoch: int) -> int:
+        """The transposition of example ``index`` in ``epoch`` (0 when it cannot move)."""
+        if not self.transpose or self.transposer is None:
             return 0
-        low = max(-self.transpose, -extent[0])
-        high = min(self.transpose, self.representation.n_pitches - 1 - extent[1])
-        return int(self.rng.integers(low, high + 1)) if high >= low else 0
+        room = self.transposer.transpose_room(window)
+        if room is None:
+            return 0
+        low, high = max(-self.transpose, -room[0]), min(self.transpose, room[1])
+        rng = np.random.default_rng((self.seed, epoch, index))
+        return int(rng.integers(low, high + 1)) if high >= low else 0
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, torch.Tensor]:
+        i, epoch = key if isinstance(key, tuple) else (key, None)
         piece, start = self.index[i]
         length = piece_steps(self.arrays, piece) if self.window is None else self.window
         # Only this window is expanded from a `CompactPieces`, never the whole piece.
         chunk = piece_window(self.arrays, piece, start, length)
-        chunk = self.representation.transpose(chunk, self._random_shift(chunk))
+        if epoch is not None and (semitones := self.shift(chunk, i, epoch)):
+            chunk = self.transposer.transpose(chunk, semitones)
         out = np.zeros((length, *chunk.shape[1:]), dtype=chunk.dtype)
         out[: len(chunk)] = chunk
         mask = np.zeros(length, dtype=bool)
         mask[: len(chunk)] = True
-        x = torch.from_numpy(out.astype(np.float32) if out.dtype == bool else out.astype(np.int64))
+        if out.dtype == bool or np.issubdtype(out.dtype, np.floating):
+            x = torch.from_numpy(out.astype(np.float32))
+        else:
+            x = torch.from_numpy(out.astype(np.int64))
         return {"x": x, "mask": torch.from_numpy(mask)}
+
+
+class EpochSampler(DistributedSampler):
+    """A shuffling sampler whose order depends only on ``(seed, epoch)`` and that yields
+    ``(index, epoch)``, so `WindowDataset` draws the same augmentation whatever the workers.
+
+    Lightning calls ``set_epoch`` before every epoch, so a resumed run sees the same order and the
+    same transpositions as an uninterrupted one. Under DDP each rank takes its share (it is a
+    `DistributedSampler`, so Lightning keeps it instead of wrapping it).
+    """
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:  # type: ignore[override]
+        return ((i, self.epoch) for i in super().__iter__())
 
 
 def pad_collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
@@ -153,24 +182,28 @@ class MusicDataModule(L.LightningDataModule):
         self.seed = seed
         self.name = name or source.name
         self.corpus: CachedCorpus | None = None
+        self._cache_directory: Path | None = None
         self.split_arrays: dict[str, Sequence[np.ndarray]] = {}
         self.split_keys: dict[str, list[str]] = {}
         self.datasets: dict[str, WindowDataset] = {}
 
     def prepare_data(self) -> None:
-        """Build the cache once (rank 0 only under DDP)."""
-        build_cache(self.source, self.representation, self.cache_dir, self.n_jobs, min_steps=self.min_steps)
-
-    @property
-    def cache_path(self) -> Path:
-        return build_cache(
+        """Build the cache once (local rank 0 only under DDP)."""
+        self._cache_directory = build_cache(
             self.source, self.representation, self.cache_dir, self.n_jobs, min_steps=self.min_steps
         )
+
+    def cache_directory(self) -> Path:
+        """The cache of this source and representation; built here if `prepare_data` has not run in
+        this process (each DDP rank finds rank 0's cache by its fingerprint, once)."""
+        if self._cache_directory is None:
+            self.prepare_data()
+        return self._cache_directory
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is not None:
             return
-        self.corpus = load_cache(self.cache_path, self.representation)
+        self.corpus = load_cache(self.cache_directory(), self.representation)
         if not self.corpus.arrays:
             raise RuntimeError(f"no usable pieces in {self.source.name}: {self.corpus.skipped_summary()}")
         if self.corpus.skipped:
@@ -224,11 +257,11 @@ class MusicDataModule(L.LightningDataModule):
             **{f"data/{k}": v for k, v in self.corpus.skipped_summary().items()},
         }
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, split: str, sampler: DistributedSampler | None = None) -> DataLoader:
         return DataLoader(
             self.datasets[split],
             batch_size=self.batch_size,
-            shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             collate_fn=pad_collate,
             persistent_workers=self.num_workers > 0,
@@ -236,10 +269,15 @@ class MusicDataModule(L.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", shuffle=True)
+        trainer = self.trainer
+        replicas, rank = (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+        sampler = EpochSampler(
+            self.datasets["train"], num_replicas=replicas, rank=rank, shuffle=True, seed=self.seed
+        )
+        return self._loader("train", sampler)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", shuffle=False)
+        return self._loader("test")

@@ -1,7 +1,7 @@
 """A corpus of encoded pieces held in their compact form, expanded one piece or one window at a time.
 
 As dense multi-hot piano-rolls, Lakh MIDI at the default layout would take about 55 GB of memory;
-as the notes the cache stores (`Representation.encode_compact`) it is several times smaller, and a
+as the notes the cache stores (`CompactStorage.encode_compact`) it is several times smaller, and a
 training window is drawn from the notes that overlap it when the data loader asks for it.
 
 Everything that reads a split (windows, samples of real music, the memorisation index) takes any
@@ -16,14 +16,14 @@ from typing import overload
 
 import numpy as np
 
-from datamodules.representations import Representation
+from datamodules.representations import Representation, compact_codec
 
 
 class CompactPieces(Sequence[np.ndarray]):
     """Encoded pieces kept compact: ``pieces[i]`` is the expanded array of piece ``i``.
 
     Args:
-        compacts: each piece's compact form, as `Representation.encode_compact` made it.
+        compacts: each piece's compact form, as `CompactStorage.encode_compact` made it.
         representation: the representation that made them.
         steps: each piece's length in steps, when known (else computed from ``compacts``).
     """
@@ -36,7 +36,8 @@ class CompactPieces(Sequence[np.ndarray]):
     ) -> None:
         self.compacts = list(compacts)
         self.representation = representation
-        self.steps = list(steps) if steps is not None else [representation.compact_steps(c) for c in compacts]
+        self.codec = compact_codec(representation)
+        self.steps = list(steps) if steps is not None else [self.codec.compact_steps(c) for c in compacts]
 
     def __len__(self) -> int:
         return len(self.compacts)
@@ -49,12 +50,12 @@ class CompactPieces(Sequence[np.ndarray]):
 
     def __getitem__(self, index: int | slice) -> np.ndarray | list[np.ndarray]:
         if isinstance(index, slice):
-            return [self.representation.expand(c) for c in self.compacts[index]]
-        return self.representation.expand(self.compacts[index])
+            return [self.codec.expand(c) for c in self.compacts[index]]
+        return self.codec.expand(self.compacts[index])
 
     def window(self, index: int, start: int, length: int) -> np.ndarray:
         """``self[index][start : start + length]``, drawn from the notes of that stretch only."""
-        return self.representation.expand_window(self.compacts[index], start, length)
+        return self.codec.expand_window(self.compacts[index], start, length)
 
     def subset(self, indices: Sequence[int]) -> CompactPieces:
         """The pieces at ``indices``, in that order (sharing their compact arrays)."""

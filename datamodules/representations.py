@@ -1,25 +1,33 @@
 """Representations: how a score becomes an array a model reads, and back.
 
-Every representation has the same small contract:
+A representation is a codec. Its required contract is four methods:
 
-- ``encode(music) -> np.ndarray`` (``music`` is a ``muspy.Music`` or a `NoteTable`);
+- ``encode(music) -> np.ndarray`` (``music`` is a ``muspy.Music`` or a `NoteTable`; time axis first);
 - ``decode(array) -> muspy.Music``;
-- ``describe()``: what a model needs to size itself (kind, shape per step, vocabulary, tracks);
-- ``transpose(array, semitones)`` and ``pitch_extent(array)`` for transposition augmentation;
+- ``describe() -> RepresentationInfo``: what a model needs to size itself and what a sample is
+  (kind, output type, length unit, default sample length, vocabulary and pad id, tracks);
 - ``to_config()``: a Hydra-instantiable dict, saved in checkpoints so a model can be rebuilt.
 
-The time axis is always first, so windowing and batching never need to know the layout.
+Everything else is an optional capability that a representation has or lacks:
+
+- `Transposable`: ``transpose(array, semitones)`` and ``pitch_extent(array)`` for transposition
+  augmentation (never moving a drum track);
+- `CompactStorage`: a smaller form for the cache (`compact_codec` gives every representation one,
+  the encoded array itself when it has none);
+- `StepGrid`: a fixed time grid (steps per beat), with ``new_music`` and ``quantize`` helpers.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import muspy
 import numpy as np
 
+from datamodules.melody import major_key, melody_notes, shift_to_c, skyline
 from datamodules.notes import DURATION, ONSET, PITCH, NoteTable, TrackNotes, as_note_table
 
 # General MIDI program groups used by ``track_mode="program"`` (MuseGAN-style families);
@@ -31,13 +39,54 @@ DEFAULT_PROGRAM_GROUPS: list[list[int]] = [
     [40, 55],  # strings and ensembles
     [0, 127],  # everything else
 ]
+DEFAULT_BARS = 16  # default sample length of step-grid representations, in 4/4 bars
+TRACK_MODES = ("auto", "index", "name", "program", "merge")
+
+
+@dataclass(frozen=True)
+class TrackSpec:
+    """One output track of a representation: its name, General MIDI program and drum flag."""
+
+    name: str
+    program: int = 0
+    is_drum: bool = False
+
+
+@dataclass(frozen=True)
+class RepresentationInfo:
+    """What a representation's arrays are (`Representation.describe`).
+
+    Attributes:
+        kind: ``"pianoroll"`` (multi-hot frames) or ``"tokens"`` (integer events), or another kind a
+            new representation introduces; models check it.
+        output: what ``decode`` gives: ``"music"`` (``muspy.Music``) or, for audio models, ``"audio"``.
+        length_unit: what one step along the time axis is: ``"steps"`` (a grid) or ``"tokens"``.
+        default_length: sample length (in ``length_unit``) when none is asked for.
+        tracks: the output tracks.
+        shape_per_step: shape of one step of an encoded array (``()`` for one token per step).
+        steps_per_beat: grid resolution, for grid representations.
+        vocab_size: number of token values, for token representations.
+        pad_id: the token that pads a batch, where the representation reserves one (else None:
+            padding is masked out by the batch's ``mask``).
+    """
+
+    kind: str
+    output: str
+    length_unit: str
+    default_length: int
+    tracks: tuple[TrackSpec, ...] = ()
+    shape_per_step: tuple[int, ...] = ()
+    steps_per_beat: int | None = None
+    vocab_size: int | None = None
+    pad_id: int | None = None
+
+    @property
+    def n_tracks(self) -> int:
+        return len(self.tracks)
 
 
 class Representation(ABC):
-    """Base class of all representations (see the module docstring for the contract)."""
-
-    kind: str = ""
-    steps_per_beat: int = 4
+    """A codec between scores and arrays (see the module docstring for the contract)."""
 
     @abstractmethod
     def encode(self, music: muspy.Music | NoteTable) -> np.ndarray: ...
@@ -46,47 +95,27 @@ class Representation(ABC):
     def decode(self, array: np.ndarray) -> muspy.Music: ...
 
     @abstractmethod
-    def describe(self) -> dict[str, Any]: ...
-
-    @abstractmethod
-    def transpose(self, array: np.ndarray, semitones: int) -> np.ndarray: ...
-
-    @abstractmethod
-    def pitch_extent(self, array: np.ndarray) -> tuple[int, int] | None:
-        """Lowest and highest pitch index used in ``array`` (None if silent)."""
+    def describe(self) -> RepresentationInfo: ...
 
     @abstractmethod
     def to_config(self) -> dict[str, Any]: ...
 
-    # The cache stores each piece in a "compact" form and expands it when a run loads the cache. By
-    # default the compact form is the encoded array itself; a representation whose arrays are large
-    # and mostly empty (the piano-roll) stores something smaller that is also cheaper to compute.
-    def encode_compact(self, music: muspy.Music | NoteTable) -> np.ndarray:
-        """What the cache stores for ``music``: ``expand(encode_compact(music))`` equals ``encode(music)``."""
-        return self.encode(music)
+    @property
+    def kind(self) -> str:
+        return self.describe().kind
 
-    def expand(self, compact: np.ndarray) -> np.ndarray:
-        """The encoded array of a compact form made by `encode_compact`."""
-        return compact
 
-    def compact_steps(self, compact: np.ndarray) -> int:
-        """Time steps of ``expand(compact)``, without expanding it."""
-        return len(compact)
+# ------------------------------------------------------------------------------------ capabilities
+class StepGrid:
+    """Capability: a fixed time grid of ``steps_per_beat`` steps per quarter note, 4/4 bars."""
 
-    def expand_window(self, compact: np.ndarray, start: int, length: int) -> np.ndarray:
-        """``expand(compact)[start : start + length]``; a representation with sparse compact forms
-        draws just that window."""
-        return self.expand(compact)[start : start + length]
-
-    def compact_is_silent(self, compact: np.ndarray) -> bool:
-        """Whether ``expand(compact)`` has no notes."""
-        return not np.asarray(compact).any()
+    steps_per_beat: int = 4
 
     def steps_per_bar(self, beats_per_bar: int = 4) -> int:
         return self.steps_per_beat * beats_per_bar
 
     def new_music(self, n_steps: int) -> muspy.Music:
-        """Empty 4/4 music at this representation's resolution, ``n_steps`` long.
+        """Empty 4/4 music at this grid's resolution, ``n_steps`` long.
 
         Bar lines up to ``n_steps`` keep trailing silence part of the piece, so that metrics such as
         empty-bar rate see a generated piece's full length, not just up to its last note.
@@ -104,23 +133,96 @@ class Representation(ABC):
         return np.rint(ticks * (self.steps_per_beat / resolution)).astype(np.int64)
 
 
-class PianoRollRepresentation(Representation):
+class Transposable(ABC):
+    """Capability: move every pitched note of an encoded array by semitones (drums never move).
+
+    ``pitch_extent`` gives the lowest and highest pitch index used (0 .. ``n_pitches - 1``), so
+    `transpose_room` knows how far a piece can move without losing a note.
+    """
+
+    @property
+    @abstractmethod
+    def n_pitches(self) -> int: ...
+
+    @abstractmethod
+    def transpose(self, array: np.ndarray, semitones: int) -> np.ndarray: ...
+
+    @abstractmethod
+    def pitch_extent(self, array: np.ndarray) -> tuple[int, int] | None:
+        """Lowest and highest pitch index of the pitched notes in ``array`` (None: none)."""
+
+    def transpose_room(self, array: np.ndarray) -> tuple[int, int] | None:
+        """Semitones ``array`` can move down and up with every note staying in range (None: silent)."""
+        extent = self.pitch_extent(array)
+        return None if extent is None else (extent[0], self.n_pitches - 1 - extent[1])
+
+
+class CompactStorage(ABC):
+    """Capability: a form for the cache that is smaller, and cheaper to make, than the encoded array.
+
+    ``expand(encode_compact(music))`` equals ``encode(music)``; ``expand_window`` draws one window
+    without expanding the whole piece.
+    """
+
+    @abstractmethod
+    def encode_compact(self, music: muspy.Music | NoteTable) -> np.ndarray: ...
+
+    @abstractmethod
+    def expand(self, compact: np.ndarray) -> np.ndarray: ...
+
+    @abstractmethod
+    def compact_steps(self, compact: np.ndarray) -> int:
+        """Time steps of ``expand(compact)``, without expanding it."""
+
+    def expand_window(self, compact: np.ndarray, start: int, length: int) -> np.ndarray:
+        """``expand(compact)[start : start + length]``."""
+        return self.expand(compact)[start : start + length]
+
+    def compact_is_silent(self, compact: np.ndarray) -> bool:
+        """Whether ``expand(compact)`` has no notes."""
+        return not np.asarray(compact).any()
+
+
+class _ArrayStorage(CompactStorage):
+    """The compact form of a representation without one: its encoded array."""
+
+    def __init__(self, representation: Representation) -> None:
+        self.representation = representation
+
+    def encode_compact(self, music: muspy.Music | NoteTable) -> np.ndarray:
+        return self.representation.encode(music)
+
+    def expand(self, compact: np.ndarray) -> np.ndarray:
+        return compact
+
+    def compact_steps(self, compact: np.ndarray) -> int:
+        return len(compact)
+
+
+def compact_codec(representation: Representation) -> CompactStorage:
+    """The representation itself if it has a compact form, else one that stores encoded arrays."""
+    return representation if isinstance(representation, CompactStorage) else _ArrayStorage(representation)
+
+
+# ------------------------------------------------------------------------------------ piano-roll
+class PianoRollRepresentation(Representation, StepGrid, Transposable, CompactStorage):
     """Multi-track, multi-hot piano-roll of shape (steps, tracks, pitches).
 
     Args:
         n_tracks: number of output tracks (channels).
-        track_mode: how source tracks map to output tracks: ``"index"`` (i-th non-drum track),
-            ``"name"`` (first entry of ``track_names`` that the lower-cased track name starts with),
-            ``"program"`` (General MIDI groups ``program_groups``) or ``"merge"`` (all into one).
-        track_names: per output track, a list of name prefixes (``"name"`` mode).
-        program_groups: per output track, an inclusive ``[low, high]`` program range.
+        track_mode: how a file's pitched tracks map to output tracks: ``"index"`` (the i-th pitched
+            track), ``"name"`` (first entry of ``track_names`` that the lower-cased track name starts
+            with), ``"program"`` (General MIDI groups ``program_groups``), ``"merge"`` (all into one),
+            or ``"auto"``: by program group when the file's pitched tracks fall in distinct groups,
+            else by name when every one of them matches a distinct track, else by order.
+        track_names: per output track, a list of name prefixes (``"name"`` and ``"auto"`` modes).
+        program_groups: per pitched output track, an inclusive ``[low, high]`` program range.
         steps_per_beat: time steps per quarter note.
         pitch_low, pitch_high: inclusive MIDI pitch range kept; notes outside are dropped.
         programs: General MIDI program of each decoded track (default: acoustic grand piano).
-        include_drums: keep drum tracks (they are dropped by default).
+        drum_track: the output track drum tracks go to (None: drums are dropped). It never takes
+            pitched tracks, is decoded as a drum track and is never transposed.
     """
-
-    kind = "pianoroll"
 
     def __init__(
         self,
@@ -132,20 +234,27 @@ class PianoRollRepresentation(Representation):
         pitch_low: int = 36,
         pitch_high: int = 84,
         programs: Sequence[int] | None = None,
-        include_drums: bool = False,
+        drum_track: int | None = None,
     ) -> None:
-        if track_mode not in {"index", "name", "program", "merge"}:
-            raise ValueError(f"track_mode must be index, name, program or merge, not {track_mode!r}")
+        if track_mode not in TRACK_MODES:
+            raise ValueError(f"track_mode must be one of {', '.join(TRACK_MODES)}, not {track_mode!r}")
         if not 0 <= pitch_low <= pitch_high <= 127:
             raise ValueError(f"need 0 <= pitch_low <= pitch_high <= 127, got {pitch_low}..{pitch_high}")
         if track_mode == "merge":
-            n_tracks = 1
+            n_tracks = 1 if drum_track is None else 2
+        if drum_track is not None and not 0 <= drum_track < n_tracks:
+            raise ValueError(f"drum_track must be one of the {n_tracks} tracks, got {drum_track}")
         if track_mode == "name" and (track_names is None or len(track_names) != n_tracks):
             raise ValueError("track_mode='name' needs one list of name prefixes per track in track_names")
-        groups = [list(g) for g in (program_groups or DEFAULT_PROGRAM_GROUPS)]
-        if track_mode == "program" and len(groups) != n_tracks:
-            raise ValueError(f"track_mode='program' needs {n_tracks} program_groups, got {len(groups)}")
         self.n_tracks = int(n_tracks)
+        self.drum_track = None if drum_track is None else int(drum_track)
+        self.pitched_tracks = [c for c in range(self.n_tracks) if c != self.drum_track]
+        groups = [list(g) for g in (program_groups or DEFAULT_PROGRAM_GROUPS)]
+        if track_mode in ("program", "auto") and len(groups) != len(self.pitched_tracks):
+            raise ValueError(
+                f"track_mode={track_mode!r} needs one program group per pitched track "
+                f"({len(self.pitched_tracks)}) in program_groups, got {len(groups)}"
+            )
         self.track_mode = track_mode
         self.track_names = [[str(p).lower() for p in names] for names in track_names] if track_names else None
         self.program_groups = groups
@@ -155,43 +264,89 @@ class PianoRollRepresentation(Representation):
         self.programs = [int(p) for p in programs] if programs else self._default_programs()
         if len(self.programs) != self.n_tracks:
             raise ValueError(f"programs needs {self.n_tracks} entries, got {len(self.programs)}")
-        self.include_drums = include_drums
 
     @property
     def n_pitches(self) -> int:
         return self.pitch_high - self.pitch_low + 1
 
     def _default_programs(self) -> list[int]:
-        if self.track_mode != "program":
-            return [0] * self.n_tracks
-        # The first program of each group that no earlier group claims, so decode -> encode round-trips.
-        programs, claimed = [], set()
-        for low, high in self.program_groups:
-            programs.append(next((p for p in range(low, high + 1) if p not in claimed), low))
-            claimed.update(range(low, high + 1))
+        programs = [0] * self.n_tracks
+        if self.track_mode in ("program", "auto") and len(self.program_groups) == len(self.pitched_tracks):
+            # The first program of each group that no earlier group claims, so decode -> encode
+            # routes every decoded track back to where it came from.
+            claimed: set[int] = set()
+            for channel, (low, high) in zip(self.pitched_tracks, self.program_groups):
+                programs[channel] = next((p for p in range(low, high + 1) if p not in claimed), low)
+                claimed.update(range(low, high + 1))
         return programs
 
     def track_name(self, channel: int) -> str:
-        """Name of a decoded track (in ``"name"`` mode, the first prefix, so decode -> encode round-trips)."""
+        """Name of a decoded track (the first name prefix, so decode -> encode round-trips by name)."""
+        if channel == self.drum_track:
+            return "drums"
         return self.track_names[channel][0] if self.track_names else f"track{channel}"
 
-    def _channel(self, index: int, track: TrackNotes) -> int | None:
-        """Output channel of the ``index``-th kept source track, or None to drop it."""
-        if self.track_mode == "merge":
-            return 0
-        if self.track_mode == "index":
-            return index if index < self.n_tracks else None
-        if self.track_mode == "name":
-            name = track.name.lower()
-            for channel, prefixes in enumerate(self.track_names or []):
-                if any(name.startswith(p) for p in prefixes):
-                    return channel
-            return None
-        for channel, (low, high) in enumerate(self.program_groups):
-            if low <= track.program <= high:
-                return channel
+    # ------------------------------------------------------------------ routing
+    def _group(self, program: int) -> int:
+        for group, (low, high) in enumerate(self.program_groups):
+            if low <= program <= high:
+                return group
         return len(self.program_groups) - 1
 
+    def _by_name(self, track: TrackNotes) -> int | None:
+        name = track.name.strip().lower()
+        for channel, prefixes in enumerate(self.track_names or []):
+            if channel != self.drum_track and any(name.startswith(p) for p in prefixes):
+                return channel
+        return None
+
+    def route_mode(self, tracks: Sequence[TrackNotes]) -> str:
+        """The mode a file's tracks are routed by: ``track_mode``, or what ``"auto"`` chose for them."""
+        if self.track_mode != "auto":
+            return self.track_mode
+        pitched = [t for t in tracks if not t.is_drum and len(t.notes)]
+        if len({self._group(t.program) for t in pitched}) == len(pitched):
+            return "program"
+        if self.track_names:
+            channels = [self._by_name(t) for t in pitched]
+            if None not in channels and len(set(channels)) == len(channels):
+                return "name"
+        return "index"
+
+    def route(self, tracks: Sequence[TrackNotes]) -> list[int | None]:
+        """Output track of every source track (None: dropped). In ``"index"`` mode every pitched
+        track takes its turn, empty or not, so a decoded piece routes back to where it came from."""
+        mode = self.route_mode(tracks)
+        out: list[int | None] = []
+        pitched_index = 0
+        for track in tracks:
+            if track.is_drum:
+                out.append(self.drum_track)
+            elif mode == "merge":
+                out.append(self.pitched_tracks[0])
+            elif mode == "name":
+                out.append(self._by_name(track))
+            elif mode == "program":
+                out.append(self.pitched_tracks[self._group(track.program)])
+            else:
+                out.append(self.pitched_tracks[pitched_index] if pitched_index < len(self.pitched_tracks) else None)
+                pitched_index += 1
+        return out
+
+    def routing_report(self, music: muspy.Music | NoteTable) -> list[tuple[str, int | None, int]]:
+        """``(source track, output track or None, notes)`` for every source track with notes.
+
+        The source track is described as ``"<name> (program P)"`` or ``"<name> (drums)"``.
+        """
+        table = as_note_table(music)
+        rows = []
+        for track, channel in zip(table.tracks, self.route(table.tracks)):
+            if len(track.notes):
+                what = "drums" if track.is_drum else f"program {track.program}"
+                rows.append((f"{track.name or 'unnamed'} ({what})", channel, len(track.notes)))
+        return rows
+
+    # ------------------------------------------------------------------ codec
     def encode(self, music: muspy.Music | NoteTable) -> np.ndarray:
         return self.expand(self.encode_compact(music))
 
@@ -202,9 +357,11 @@ class PianoRollRepresentation(Representation):
         the roll itself and a third of the work of drawing it (`expand` draws it).
         """
         table = as_note_table(music)
-        kept = [t for t in table.tracks if self.include_drums or not t.is_drum]
-        routed = [(self._channel(index, track), track.notes) for index, track in enumerate(kept)]
-        routed = [(channel, notes) for channel, notes in routed if channel is not None and len(notes)]
+        routed = [
+            (channel, track.notes)
+            for track, channel in zip(table.tracks, self.route(table.tracks))
+            if channel is not None and len(track.notes)
+        ]
         if not routed:
             return np.zeros((0, 3), dtype=np.int32)
         # All routed notes in one array, so quantising is a few vectorised passes per piece (a Python
@@ -294,32 +451,45 @@ class PianoRollRepresentation(Representation):
                 ]
             notes.sort(key=lambda n: (n.time, n.pitch))
             music.tracks.append(
-                muspy.Track(program=self.programs[channel], name=self.track_name(channel), notes=notes)
+                muspy.Track(
+                    program=self.programs[channel],
+                    is_drum=channel == self.drum_track,
+                    name=self.track_name(channel),
+                    notes=notes,
+                )
             )
         return music
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "n_tracks": self.n_tracks,
-            "n_pitches": self.n_pitches,
-            "pitch_low": self.pitch_low,
-            "steps_per_beat": self.steps_per_beat,
-            "shape_per_step": (self.n_tracks, self.n_pitches),
-        }
+    def describe(self) -> RepresentationInfo:
+        return RepresentationInfo(
+            kind="pianoroll",
+            output="music",
+            length_unit="steps",
+            default_length=DEFAULT_BARS * self.steps_per_bar(),
+            tracks=tuple(
+                TrackSpec(self.track_name(c), self.programs[c], c == self.drum_track)
+                for c in range(self.n_tracks)
+            ),
+            shape_per_step=(self.n_tracks, self.n_pitches),
+            steps_per_beat=self.steps_per_beat,
+        )
 
     def transpose(self, array: np.ndarray, semitones: int) -> np.ndarray:
         if semitones == 0:
             return array
         out = np.zeros_like(array)
+        channels = self.pitched_tracks
         if semitones > 0:
-            out[..., semitones:] = array[..., :-semitones]
+            out[..., channels, semitones:] = array[..., channels, :-semitones]
         else:
-            out[..., :semitones] = array[..., -semitones:]
+            out[..., channels, :semitones] = array[..., channels, -semitones:]
+        if self.drum_track is not None:
+            out[..., self.drum_track, :] = array[..., self.drum_track, :]
         return out
 
     def pitch_extent(self, array: np.ndarray) -> tuple[int, int] | None:
-        used = np.flatnonzero(np.asarray(array).reshape(-1, self.n_pitches).any(axis=0))
+        pitched = np.asarray(array)[..., self.pitched_tracks, :]
+        used = np.flatnonzero(pitched.reshape(-1, self.n_pitches).any(axis=0))
         return (int(used[0]), int(used[-1])) if len(used) else None
 
     def to_config(self) -> dict[str, Any]:
@@ -333,35 +503,53 @@ class PianoRollRepresentation(Representation):
             "pitch_low": self.pitch_low,
             "pitch_high": self.pitch_high,
             "programs": self.programs,
-            "include_drums": self.include_drums,
+            "drum_track": self.drum_track,
         }
 
 
-class MelodyRepresentation(Representation):
+# ------------------------------------------------------------------------------------ melody
+class MelodyRepresentation(Representation, StepGrid, Transposable):
     """Monophonic melody events, Magenta style: one token per time step.
 
     Token 0 is "no event" (hold the current note or rest), 1 is "note off", and
     ``2 + pitch - pitch_low`` is "note on". Notes outside the range are moved by octaves into it.
+    The melody is read from any score (see `datamodules.melody`): the track ``track`` picks, made
+    monophonic by keeping the highest note at each onset (a note ends at the next onset).
 
     Args:
         pitch_low, pitch_high: inclusive MIDI pitch range of the vocabulary.
         steps_per_beat: time steps per quarter note.
-        track: index of the (non-drum) track the melody is read from; ``-1`` takes the highest
-            sounding note over all tracks (skyline).
+        track: ``"auto"`` (the track whose name or program says it is the melody, else the only
+            pitched track, else the highest voice over all tracks), an index among the pitched
+            tracks, or ``-1`` / ``"skyline"`` (the highest voice over all pitched tracks).
+        transpose_to_c: move each melody to C major / A minor (its `major_key`, the shortest way) before
+            encoding, as Magenta's ``transpose_to_key`` does.
+        program: General MIDI program of the decoded melody.
     """
 
-    kind = "tokens"
     NO_EVENT = 0
     NOTE_OFF = 1
     FIRST_NOTE_ON = 2
 
-    def __init__(self, pitch_low: int = 48, pitch_high: int = 84, steps_per_beat: int = 4, track: int = 0):
+    def __init__(
+        self,
+        pitch_low: int = 48,
+        pitch_high: int = 84,
+        steps_per_beat: int = 4,
+        track: int | str = "auto",
+        transpose_to_c: bool = False,
+        program: int = 0,
+    ) -> None:
         if pitch_high - pitch_low < 11:
             raise ValueError("the melody pitch range must span at least one octave")
+        if isinstance(track, str) and track not in ("auto", "skyline"):
+            track = int(track)  # "0" from a command line
         self.pitch_low = int(pitch_low)
         self.pitch_high = int(pitch_high)
         self.steps_per_beat = int(steps_per_beat)
-        self.track = int(track)
+        self.track = track
+        self.transpose_to_c = bool(transpose_to_c)
+        self.program = int(program)
 
     @property
     def n_pitches(self) -> int:
@@ -379,25 +567,21 @@ class MelodyRepresentation(Representation):
             pitch[high] -= 12
         return pitch
 
-    def encode(self, music: muspy.Music | NoteTable) -> np.ndarray:
+    def melody(self, music: muspy.Music | NoteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The melody as monophonic ``(onset step, end step, pitch)`` arrays, in range and key."""
         table = as_note_table(music)
-        tracks = [t for t in table.tracks if not t.is_drum and len(t.notes)]
-        if self.track >= 0:
-            tracks = tracks[self.track : self.track + 1]
-        if not tracks:
-            return np.zeros(0, dtype=np.int16)
-        notes = np.concatenate([t.notes for t in tracks])
+        notes = melody_notes(table.tracks, self.track)
         onset = self.quantize(notes[:, ONSET], table.resolution)
         end = np.maximum(self.quantize(notes[:, ONSET] + notes[:, DURATION], table.resolution), onset + 1)
-        pitch = self._fold(notes[:, PITCH])
-        # Skyline: at each onset step keep the highest note; a note sounds until its end or the next onset.
-        order = np.lexsort((-pitch, onset))
-        onset, end, pitch = onset[order], end[order], pitch[order]
-        first = np.ones(len(onset), dtype=bool)
-        first[1:] = onset[1:] != onset[:-1]
-        onset, end, pitch = onset[first], end[first], pitch[first]
-        next_onset = np.append(onset[1:], np.iinfo(np.int64).max)
-        end = np.minimum(end, next_onset)
+        pitch = notes[:, PITCH]
+        if self.transpose_to_c and len(pitch):
+            pitch = pitch + shift_to_c(major_key(pitch, end - onset))
+        return skyline(onset, end, self._fold(pitch))
+
+    def encode(self, music: muspy.Music | NoteTable) -> np.ndarray:
+        onset, end, pitch = self.melody(music)
+        if not len(onset):
+            return np.zeros(0, dtype=np.int16)
         tokens = np.full(int(end.max()), self.NO_EVENT, dtype=np.int16)
         tokens[end[end < len(tokens)]] = self.NOTE_OFF
         tokens[onset] = self.FIRST_NOTE_ON + (pitch - self.pitch_low)
@@ -418,19 +602,19 @@ class MelodyRepresentation(Representation):
         if current is not None:
             notes.append(muspy.Note(current[0], current[1], len(tokens) - current[0], 80))
         music = self.new_music(len(tokens))
-        music.tracks.append(muspy.Track(program=0, name="melody", notes=notes))
+        music.tracks.append(muspy.Track(program=self.program, name="melody", notes=notes))
         return music
 
-    def describe(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "vocab_size": self.vocab_size,
-            "n_tracks": 1,
-            "n_pitches": self.n_pitches,
-            "pitch_low": self.pitch_low,
-            "steps_per_beat": self.steps_per_beat,
-            "shape_per_step": (),
-        }
+    def describe(self) -> RepresentationInfo:
+        return RepresentationInfo(
+            kind="tokens",
+            output="music",
+            length_unit="steps",
+            default_length=DEFAULT_BARS * self.steps_per_bar(),
+            tracks=(TrackSpec("melody", self.program),),
+            steps_per_beat=self.steps_per_beat,
+            vocab_size=self.vocab_size,
+        )
 
     def transpose(self, array: np.ndarray, semitones: int) -> np.ndarray:
         out = np.array(array, copy=True)
@@ -449,6 +633,8 @@ class MelodyRepresentation(Representation):
             "pitch_high": self.pitch_high,
             "steps_per_beat": self.steps_per_beat,
             "track": self.track,
+            "transpose_to_c": self.transpose_to_c,
+            "program": self.program,
         }
 
 

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from datamodules.representations import Representation
-from lightning_modules.base import PianoRollModule
+from lightning_modules.frame import PianoRollModule
 from lightning_modules.layers.heads import build_head
 
 
@@ -51,11 +51,11 @@ class PianoRollRNN(PianoRollModule):
         self.out_dropout = nn.Dropout(dropout)
         self.head = build_head(head, hidden_size, self.units, **(head_kwargs or {}))
 
-    def context(self, x_in: torch.Tensor) -> torch.Tensor:
+    def context(self, x_in: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         h, _ = self.rnn(self.input(x_in))
         return self.out_dropout(h)
 
-    def init_state(self, n: int) -> Any:
+    def init_state(self, n: int, cond: torch.Tensor | int | None = None) -> Any:
         return None
 
     def step(self, frame: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from datamodules.representations import Representation
-from lightning_modules.base import PianoRollModule
+from lightning_modules.frame import PianoRollModule
 from lightning_modules.layers.dilated_conv import DilatedConvStack
 from lightning_modules.layers.heads import build_head
 
@@ -43,7 +43,7 @@ class WaveNet(PianoRollModule):
         dropout: in the blocks and before the head.
         input_dropout: on the input frames (a cheap regulariser for small corpora).
         n_classes: global conditioning classes (0: none). A batch may carry ``"cond"`` (``(B,)``
-            class ids; default 0); sampling uses ``sample_class``.
+            class ids; default 0); sampling takes the option ``cond`` (default 0).
         head, head_kwargs: output head (see `lightning_modules.layers.heads`).
     """
 
@@ -66,7 +66,6 @@ class WaveNet(PianoRollModule):
     ) -> None:
         super().__init__(representation, **kwargs)
         self.n_classes = n_classes
-        self.sample_class = 0  # the class `sample()` conditions on when n_classes > 0
         self.input_dropout = nn.Dropout(input_dropout)
         self.stack = DilatedConvStack(
             self.units,
@@ -109,21 +108,19 @@ class WaveNet(PianoRollModule):
         skips = self.stack(self.input_dropout(x_in).transpose(1, 2), self._cond(cond, len(x_in)))
         return self.post(skips.transpose(1, 2))
 
-    def frame_nll(self, x: torch.Tensor, cond: torch.Tensor | int | None = None) -> torch.Tensor:
-        """NLL in nats of every frame, (B, T), each predicted from the frames before it."""
-        frames = x.reshape(x.shape[0], x.shape[1], -1)
-        x_in = torch.cat([frames.new_zeros(frames.shape[0], 1, frames.shape[2]), frames[:, :-1]], dim=1)
-        return self.head.nll(self.context(x_in, cond), frames)
-
-    def loss(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        nll = self.frame_nll(batch["x"], batch.get("cond"))
-        mask = batch["mask"].to(nll.dtype)
-        return {"loss": (nll * mask).sum() / mask.sum().clamp_min(1.0)}
-
     def init_state(self, n: int, cond: torch.Tensor | int | None = None) -> dict[str, Any]:
         state = self.stack.init_state(n, self.device)
-        state["cond"] = self._cond(self.sample_class if cond is None else cond, n)
+        state["cond"] = self._cond(cond, n)
         return state
+
+    @torch.no_grad()
+    def generate(
+        self, n: int, length: int, temperature: float = 1.0, prompt: torch.Tensor | None = None, cond: int = 0
+    ) -> torch.Tensor:
+        """Frames as `PianoRollModule.generate`, conditioned on class ``cond`` when ``n_classes > 0``."""
+        if self.n_classes and not 0 <= cond < self.n_classes:
+            raise ValueError(f"cond must be a class id in 0..{self.n_classes - 1}, got {cond}")
+        return self.generate_frames(n, length, temperature, prompt, self.init_state(n, cond))
 
     def step(self, frame: torch.Tensor, state: dict[str, Any]) -> tuple[torch.Tensor, dict[str, Any]]:
         skips, state = self.stack.step(frame, state, state["cond"])

@@ -2,19 +2,19 @@
 
 1. loads the model with `lightning_modules.base.load_model` (any MuseLab model);
 2. rebuilds the datamodule from the run's saved Hydra config (``<run>/.hydra/config.yaml`` beside
-   ``checkpoints/``; ``${hydra:...}`` values come from ``<run>/.hydra/hydra.yaml``);
-3. runs ``Trainer.test``: ``test/loss`` is the model's NLL per step on the test split (nats; also
-   given in bits);
-4. generates ``n`` pieces and measures them against real test windows of the same length: music
-   metrics (``sample/`` vs ``data/``), their distribution overlap (``overfit/overlap_<metric>``)
-   and memorisation of the training set (``overfit/memorization``; ``data/memorization`` is the same
-   measure on the real test windows, the baseline to read it against);
+   ``checkpoints/``; ``${hydra:...}`` values come from ``<run>/.hydra/hydra.yaml``); a checkpoint
+   whose data layout differs from the run's is an error that names the layout it needs;
+3. runs ``Trainer.test``: ``test/loss`` is the model's loss on the test split (nats per step or
+   token; also given in bits);
+4. generates ``n`` pieces (with any sampling options) and measures them, as decoded music, against
+   real test windows of as many bars (`muselab.music.MusicReference`): music metrics (``sample/``
+   vs ``data/``), their distribution overlap (``overfit/overlap_<metric>``) and memorisation of the
+   training set (``overfit/memorization``; ``data/memorization`` is the same measure on the real
+   test windows, the baseline to read it against);
 5. writes ``evaluation.json`` and ``evaluation.md`` (piano-rolls embedded, audio linked) to ``out``
    (default ``<run>/evaluation``), with the samples as MIDI, PNG and WAV.
 
-Arguments (``key=value``): ``ckpt`` (required), ``n`` (16), ``out`` (``<run>/evaluation``),
-``steps`` (0: 16 bars), ``temperature`` (1.0), ``seed`` (0), ``n_real`` (64), ``n_audio`` (2),
-``audio_backend`` (auto), ``batch_size`` (0: the run's), ``accelerator`` (cpu).
+Arguments and defaults: ``conf/evaluate.yaml``; any other ``key=value`` is a sampling option.
 """
 
 from __future__ import annotations
@@ -29,30 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from callbacks.memorization import MemorizationIndex
-from callbacks.music_metrics import METRIC_NAMES
-from callbacks.rendering import resolve_backend
-from callbacks.sample_music import music_report, n_notes, real_windows, write_pieces
-from lightning_modules.base import load_model
-from muselab.utils import parse_kv_args
+from lightning_modules.base import CheckpointError, load_model
+from muselab.cli import compose_command
+from muselab.errors import UserError, report_user_errors
+from muselab.music.evaluation import MusicReference, music_report, n_bars, write_pieces
+from muselab.music.metrics import METRIC_NAMES
+from muselab.music.rendering import resolve_backend
+from muselab.primer import load_primer
+from muselab.utils import instantiate_checked
 
 log = logging.getLogger("muselab.evaluate")
-DEFAULTS: dict[str, Any] = {
-    "ckpt": "",
-    "n": 16,
-    "out": "",
-    "steps": 0,
-    "temperature": 1.0,
-    "seed": 0,
-    "n_real": 64,
-    "n_audio": 2,
-    "audio_backend": "auto",
-    "batch_size": 0,
-    "accelerator": "cpu",
-}
 HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([^}]+)\}")
 
 
@@ -107,41 +95,55 @@ def _num(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def layout_difference(needed: dict[str, Any], found: dict[str, Any]) -> str:
+    """``key: needed vs found`` for each representation setting that differs."""
+    keys = sorted(set(needed) | set(found))
+    return ", ".join(
+        f"{k}: {needed.get(k)!r} vs {found.get(k)!r}" for k in keys if needed.get(k) != found.get(k)
+    )
+
+
 def evaluate(
     ckpt: str,
     n: int = 16,
-    out: str = "",
-    steps: int = 0,
+    out: str | None = None,
+    length: int | None = None,
     temperature: float = 1.0,
+    prompt: str | None = None,
     seed: int = 0,
     n_real: int = 64,
     n_audio: int = 2,
     audio_backend: str = "auto",
-    batch_size: int = 0,
+    batch_size: int | None = None,
     accelerator: str = "cpu",
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``ckpt`` (see the module docstring); returns what ``evaluation.json`` holds."""
     start = time.perf_counter()
-    ckpt_path = Path(ckpt).resolve()
+    ckpt_path = Path(ckpt).expanduser().resolve()
     model = load_model(ckpt_path)
     run_dir = find_run_dir(ckpt_path)
     if run_dir is None:
-        raise FileNotFoundError(
-            f"no .hydra/config.yaml above {ckpt_path}: evaluate needs the run directory the checkpoint was "
-            "trained in (muselab.train writes it)"
+        raise UserError(
+            f"{ckpt_path}: no .hydra/config.yaml above it: evaluate needs the run directory the "
+            "checkpoint was trained in (muselab.train writes it)"
         )
-    out_dir = Path(out) if out else run_dir / "evaluation"
+    out_dir = Path(out).expanduser() if out else run_dir / "evaluation"
     out_dir.mkdir(parents=True, exist_ok=True)
     cfg = load_run_config(run_dir)
-    datamodule = instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate_checked(cfg.data)
     if batch_size:
         datamodule.batch_size = batch_size
-    if datamodule.representation.to_config() != model.representation.to_config():
-        log.warning("the run's data representation differs from the checkpoint's; using the checkpoint's")
+    needed, found = model.representation.to_config(), datamodule.representation.to_config()
+    if needed != found:
+        raise CheckpointError(
+            f"{ckpt_path}: trained on another data layout than its run's config gives "
+            f"({layout_difference(needed, found)}); it needs the layout {needed}"
+        )
     datamodule.prepare_data()
     datamodule.setup()
 
-    # 1. Test-split loss: the model's own NLL per step, exactly as training logged it.
+    # 1. Test-split loss: the model's own loss, exactly as training logged it.
     trainer = L.Trainer(
         accelerator=accelerator,
         devices=1,
@@ -156,25 +158,24 @@ def evaluate(
     if metrics.get("test/loss") is not None:
         metrics["test/bits_per_step"] = metrics["test/loss"] / math.log(2)
 
-    # 2. Samples vs real test windows of the same length.
-    representation = model.representation
-    steps = steps or 16 * representation.steps_per_bar()
+    # 2. Samples vs real test windows of as many bars, all as decoded music.
     L.seed_everything(seed, verbose=False)
-    musics = model.sample(n, steps, temperature)
-    real = real_windows(datamodule.split_arrays["test"], representation, steps, n_real)
-    n_bars = max(1, min(4, steps // representation.steps_per_bar()))
-    index = MemorizationIndex(datamodule.split_arrays["train"], representation, n_bars=n_bars)
-    generated_metrics, data_metrics = music_report(musics, real, index)
-    metrics.update(generated_metrics)
-    metrics.update(data_metrics)
-    if real:
-        metrics["data/n_notes"] = sum(n_notes(r) for r in real) / len(real)
-        metrics["data/memorization"] = float(index.score_music(real))
+    primer = load_primer(prompt) if prompt else None
+    musics = model.sample(n, length, temperature, primer, **(options or {}))
+    bars = max(n_bars(m) for m in musics)
+    splits = datamodule.split_arrays
+    reference = MusicReference(splits["test"], splits["train"], model.representation, bars, n_real)
+    metrics.update(music_report(musics, reference))
+    metrics.update(reference.data_metrics())
+    if reference.windows and reference.memorization is not None:
+        metrics["data/memorization"] = reference.memorization.score(reference.windows)
 
     # 3. Files: every sample as MIDI + PNG (audio for the first few), and two real windows.
     backend = resolve_backend(audio_backend)
     samples = write_pieces(musics, out_dir / "samples", "sample", n_audio, True, audio_backend)
-    reals = write_pieces(real[:2], out_dir / "real", "real", min(1, n_audio), True, audio_backend)
+    reals = write_pieces(
+        reference.windows[:2], out_dir / "real", "real", min(1, n_audio), True, audio_backend
+    )
 
     report = {
         "checkpoint": str(ckpt_path),
@@ -182,12 +183,14 @@ def evaluate(
         "model": f"{type(model).__module__}.{type(model).__qualname__}",
         "data": str(cfg.data.get("name", "")),
         "n_samples": n,
-        "steps": steps,
+        "length": length or model.default_length,
+        "bars": bars,
         "temperature": temperature,
+        "options": dict(options or {}),
         "seed": seed,
-        "n_real": len(real),
+        "n_real": len(reference.windows),
         "test_windows": len(datamodule.datasets["test"]),
-        "memorization_bars": n_bars,
+        "memorization_bars": reference.memorization_bars,
         "audio_backend": backend,
         "metrics": metrics,
         "samples": [_relative(f, out_dir) for f in samples],
@@ -216,15 +219,16 @@ def markdown_report(report: dict[str, Any]) -> str:
         "",
         f"- checkpoint: `{report['checkpoint']}`",
         f"- model: `{report['model']}`, data: `{report['data']}`",
-        f"- {report['n_samples']} samples of {report['steps']} steps at temperature {report['temperature']} "
-        f"(seed {report['seed']}), against {report['n_real']} real test windows of the same length",
+        f"- {report['n_samples']} samples of {report['length']} steps or tokens ({report['bars']} bars) at "
+        f"temperature {report['temperature']} (seed {report['seed']}, options {report['options']}), against "
+        f"{report['n_real']} real test windows of as many bars",
         f"- audio backend: {report['audio_backend']}; took {report['seconds']:.1f} s",
         "",
         "## Likelihood (test split)",
         "",
         "| metric | value |",
         "| --- | --- |",
-        f"| test/loss (NLL, nats per step) | {_fmt(m.get('test/loss'))} |",
+        f"| test/loss (nats per step or token) | {_fmt(m.get('test/loss'))} |",
         f"| test/bits_per_step | {_fmt(m.get('test/bits_per_step'))} |",
         "",
         "## Music metrics (generated vs real test music)",
@@ -269,16 +273,14 @@ def markdown_report(report: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """CLI entry point: ``python -m muselab.evaluate ckpt=PATH [n=16] [out=DIR] ...``."""
+    """CLI entry point: ``python -m muselab.evaluate ckpt=PATH [n=16] [out=DIR] [key=value ...]``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_kv_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    if not args["ckpt"]:
-        raise SystemExit(
-            "usage: python -m muselab.evaluate ckpt=PATH [n=16] [out=DIR] [steps=..] [temperature=..]"
-        )
-    args["out"] = args["out"] or ""
-    report = evaluate(**args)
-    out = Path(args["out"]) if args["out"] else Path(report["run_dir"]) / "evaluation"
+    with report_user_errors("muselab.evaluate"):
+        cfg = compose_command("evaluate", sys.argv[1:] if argv is None else argv)
+        args = {k: v for k, v in cfg.items()}
+        args["options"] = dict(cfg.options)
+        report = evaluate(**args)
+    out = Path(cfg.out) if cfg.out else Path(report["run_dir"]) / "evaluation"
     print(f"test/loss {_fmt(report['metrics'].get('test/loss'))}; report: {out / 'evaluation.md'}")
 
 

@@ -1,11 +1,10 @@
-"""Write N samples from a checkpoint: ``python -m muselab.sample ckpt=PATH n=4 out=samples``.
+"""Write samples from any checkpoint: ``python -m muselab.sample ckpt=PATH n=4 out=samples`` (``make sample``).
 
-Each sample is written as ``sample_NN.mid`` with its piano-roll ``sample_NN.png`` and its audio
-``sample_NN.wav`` beside it (``render=false`` writes the MIDI files only).
-
-Arguments (``key=value``): ``ckpt`` (required), ``n`` (4), ``out`` (samples), ``steps`` (0: 16
-bars), ``temperature`` (1.0), ``seed`` (0), ``render`` (true), ``audio_backend`` (auto: fluidsynth
-when installed, else a built-in synthesizer; see `callbacks.rendering`).
+Arguments and their defaults are in ``conf/sample.yaml``; any other ``key=value`` is a sampling
+option passed to the model unchanged (``top_k=8``, ``chords="C G Am F"``, ...). ``prompt=`` (``make
+sample PRIMER=``) starts every sample with a primer: a MIDI/MusicXML/ABC file or melody events
+(`muselab.primer`). Each sample is written as ``sample_NN.mid`` with its piano-roll
+``sample_NN.png`` and its audio ``sample_NN.wav`` beside it (``render=false``: MIDI only).
 """
 
 from __future__ import annotations
@@ -13,34 +12,30 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import lightning as L
 
 from lightning_modules.base import load_model
-from muselab.utils import parse_kv_args, write_midi
+from muselab.cli import compose_command
+from muselab.errors import report_user_errors
+from muselab.music.evaluation import n_notes, write_midi, write_pieces
+from muselab.primer import load_primer
 
 log = logging.getLogger("muselab.sample")
-DEFAULTS = {
-    "ckpt": "",
-    "n": 4,
-    "out": "samples",
-    "steps": 0,
-    "temperature": 1.0,
-    "seed": 0,
-    "render": True,
-    "audio_backend": "auto",
-}
 
 
 def sample(
     ckpt: str,
     n: int = 4,
     out: str = "samples",
-    steps: int = 0,
+    length: int | None = None,
     temperature: float = 1.0,
+    prompt: str | None = None,
     seed: int = 0,
     render: bool = True,
     audio_backend: str = "auto",
+    options: dict[str, Any] | None = None,
 ) -> list[Path]:
     """Load any MuseLab checkpoint, generate ``n`` pieces and write them as ``.mid`` files.
 
@@ -48,30 +43,27 @@ def sample(
     """
     L.seed_everything(seed, verbose=False)
     model = load_model(ckpt)
-    musics = model.sample(n, steps or None, temperature)
+    primer = load_primer(prompt) if prompt else None
+    musics = model.sample(n, length, temperature, primer, **(options or {}))
     if render:
-        from callbacks.sample_music import write_pieces
-
         paths = [f["midi"] for f in write_pieces(musics, Path(out), "sample", None, True, audio_backend)]
     else:
         paths = write_midi(musics, Path(out))
     for path, music in zip(paths, musics):
-        notes = sum(len(t.notes) for t in music.tracks)
-        log.info("%s: %d tracks, %d notes", path, len(music.tracks), notes)
+        log.info("%s: %d tracks, %d notes", path, len(music.tracks), n_notes(music))
     return paths
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Command-line entry point (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    args = parse_kv_args(sys.argv[1:] if argv is None else argv, DEFAULTS)
-    if not args["ckpt"]:
-        raise SystemExit(
-            "usage: python -m muselab.sample ckpt=PATH [n=4] [out=samples] [steps=..] [temperature=..] "
-            "[render=true] [audio_backend=auto]"
-        )
-    paths = sample(**args)
-    extra = " (+ PNG and WAV each)" if args["render"] else ""
-    print(f"wrote {len(paths)} MIDI files{extra} to {args['out']}")
+    with report_user_errors("muselab.sample"):
+        cfg = compose_command("sample", sys.argv[1:] if argv is None else argv)
+        args = {k: v for k, v in cfg.items()}
+        args["options"] = dict(cfg.options)
+        paths = sample(**args)
+    extra = " (+ PNG and WAV each)" if cfg.render else ""
+    print(f"wrote {len(paths)} MIDI files{extra} to {cfg.out}")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,17 +21,18 @@ from hydra.core.hydra_config import HydraConfig
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
+from muselab.cli import CONFIG_DIR, check_override_types, normalize_overrides
+from muselab.errors import report_user_errors
+from muselab.music.evaluation import write_midi
 from muselab.utils import (
     auto_torch_threads,
     build_callbacks,
     build_loggers,
-    check_override_types,
+    instantiate_checked,
     log_run_summary,
-    write_midi,
 )
 
 log = logging.getLogger("muselab.train")
-CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 
 
 def validate_overrides(cfg: DictConfig) -> None:
@@ -62,9 +64,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         log.info("torch CPU threads: %d", threads)
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
-    datamodule = hydra.utils.instantiate(cfg.data, _convert_="all")
+    datamodule = instantiate_checked(cfg.data)
     log.info("Instantiating model <%s>", cfg.model._target_)
-    model = hydra.utils.instantiate(cfg.model, representation=datamodule.representation, _convert_="all")
+    model = instantiate_checked(cfg.model, representation=datamodule.representation)
     callbacks = build_callbacks(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
@@ -91,7 +93,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     samples: list[str] = []
     if trainer.is_global_zero and cfg.n_samples > 0:
-        musics = model.sample(cfg.n_samples, cfg.sample_steps, cfg.sample_temperature)
+        musics = model.sample(cfg.n_samples, cfg.sample_length, cfg.sample_temperature)
         samples = [str(p) for p in write_midi(musics, out_dir / "samples")]
         log.info("Wrote %d samples to %s", len(samples), out_dir / "samples")
     last = out_dir / "checkpoints" / "last.ckpt"
@@ -107,9 +109,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
-    train(cfg)
+    with report_user_errors("muselab.train"):
+        train(cfg)
+
+
+def main() -> None:
+    """``python -m muselab.train key=value ...``: overrides as users type them (``~`` and ``$VAR``
+    expanded), then Hydra."""
+    sys.argv[1:] = normalize_overrides(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Glue shared by the entry points: config checks, logger/callback building, W&B safety, samples."""
+"""Glue shared by the entry points: logger and callback building, W&B safety, CPU threads."""
 
 from __future__ import annotations
 
@@ -7,60 +7,18 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import muspy
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger, WandbLogger
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger("muselab")
 
 WANDB_HOST = ("api.wandb.ai", 443)
-
-
-class ConfigTypeError(TypeError):
-    """An override whose value has the wrong type for its key."""
-
-
-def _type_name(value: Any) -> str:
-    return type(value).__name__
-
-
-def check_override_types(defaults: DictConfig, overrides: Iterable[str], composed: DictConfig) -> None:
-    """Fail early when ``key=value`` gives a value of another type than the key's default.
-
-    ``defaults`` is the config composed with the same config-group choices but no value overrides.
-    Ints may replace floats; a default of null accepts anything; a value of null is always allowed.
-    """
-    for override in overrides:
-        key, sep, _ = override.lstrip("+~").partition("=")
-        if not sep or ("." not in key and key in (defaults.get("hydra", {}) or {})):
-            continue
-        try:
-            default = OmegaConf.select(defaults, key, throw_on_missing=False)
-            value = OmegaConf.select(composed, key, throw_on_missing=False)
-        except Exception:  # interpolations that need the runtime are not checked here
-            continue
-        if default is None or value is None or isinstance(default, DictConfig | ListConfig):
-            continue
-        if isinstance(default, bool) != isinstance(value, bool):
-            bad = True
-        elif isinstance(default, float):
-            bad = not isinstance(value, int | float)
-        elif isinstance(default, int | str):
-            bad = not isinstance(value, type(default))
-        else:
-            bad = False
-        if bad:
-            raise ConfigTypeError(
-                f"config key '{key}' expects {_type_name(default)} (default {default!r}), got "
-                f"{_type_name(value)} {value!r} from override '{override}'"
-            )
 
 
 def busy_cores(sample_seconds: float = 0.25) -> float:
@@ -152,36 +110,19 @@ def log_run_summary(loggers: list[Logger], summary: dict[str, Any]) -> None:
             )
 
 
-def write_midi(musics: list[muspy.Music], out_dir: str | Path, prefix: str = "sample") -> list[Path]:
-    """Write each `muspy.Music` to ``out_dir/<prefix>_NN.mid`` (atomically) and return the paths."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, music in enumerate(musics):
-        path = out_dir / f"{prefix}_{i:02d}.mid"
-        tmp = path.with_name(f".{path.name}.tmp")
-        muspy.write_midi(tmp, music)
-        os.replace(tmp, path)
-        paths.append(path)
-    return paths
+def instantiate_checked(config: Any, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` (``_convert_="all"``), re-raising a `UserError` from the constructor
+    as itself: Hydra wraps it in an ``InstantiationException`` whose message hides it in a traceback."""
+    from hydra.errors import InstantiationException
 
+    from muselab.errors import UserError
 
-def parse_kv_args(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
-    """Parse ``key=value`` arguments against ``defaults`` (types follow the defaults; unknown keys fail)."""
-    out = dict(defaults)
-    for arg in argv:
-        key, sep, value = arg.partition("=")
-        if not sep:
-            raise SystemExit(f"expected key=value, got {arg!r}")
-        if key not in defaults:
-            raise SystemExit(f"unknown argument {key!r}; known: {', '.join(sorted(defaults))}")
-        default = defaults[key]
-        if isinstance(default, bool):
-            out[key] = value.lower() in {"1", "true", "yes"}
-        elif isinstance(default, int):
-            out[key] = int(value)
-        elif isinstance(default, float):
-            out[key] = float(value)
-        else:
-            out[key] = value if value.lower() not in {"null", "none", ""} else None
-    return out
+    try:
+        return instantiate(config, _convert_="all", **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise

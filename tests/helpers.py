@@ -38,7 +38,7 @@ def small_train_overrides(tmp_path: Path, cache_dir: Path, *extra: str) -> list[
         "trainer.limit_train_batches=4",
         "trainer.limit_val_batches=2",
         "n_samples=1",
-        "sample_steps=32",
+        "sample_length=32",
         "callbacks.progress_bar=null",
         "torch_threads=1",  # two xdist workers share the cores
         *extra,

@@ -18,7 +18,12 @@ from hypothesis import strategies as st
 from datamodules import MusicDataModule, WindowDataset, hash_split
 from datamodules.cache import _atomic_save, atomic_write_text, build_cache, load_cache
 from datamodules.music_datamodule import pad_collate
-from datamodules.representations import MelodyRepresentation, PianoRollRepresentation, build_representation
+from datamodules.representations import (
+    MelodyRepresentation,
+    PianoRollRepresentation,
+    build_representation,
+    compact_codec,
+)
 from datamodules.sources import LOADERS, FolderSource, SourceItem
 from tests.conftest import write_midi_folder
 
@@ -465,8 +470,9 @@ def test_transposition_augmentation_stays_in_range(low: int, span: int, seed: in
     roll[0, 0, low] = roll[1, 1, high] = True
     ds = WindowDataset([roll], rep, window=24, transpose=max_shift, seed=seed)
     shifts = set()
-    for _ in range(12):
-        x = ds[0]["x"].numpy().astype(bool)
+    assert np.array_equal(ds[0]["x"].numpy().astype(bool), roll)  # a plain index: no augmentation
+    for epoch in range(12):
+        x = ds[(0, epoch)]["x"].numpy().astype(bool)
         assert x.sum() == roll.sum()  # no note pushed off either edge
         shift = rep.pitch_extent(x)[0] - low
         assert -max_shift <= shift <= max_shift
@@ -483,14 +489,14 @@ def test_melody_transposition_stays_in_the_vocabulary() -> None:
     tokens = np.array([2, 0, 1, 26, 0, 14, 1, 0] * 4, dtype=np.int16)  # pitches 48, 72, 60
     ds = WindowDataset([tokens], rep, window=16, stride=16, transpose=6, seed=3)
     for i in range(len(ds)):
-        for _ in range(10):
-            x = ds[i]["x"].numpy()
+        for epoch in range(10):
+            x = ds[(i, epoch)]["x"].numpy()
             assert x.min() >= 0 and x.max() < rep.vocab_size
             # 48 and 72 are the range's edges: no room to move either way.
             assert np.array_equal(x, tokens[16 * i : 16 * i + 16])
     middle = np.array([8, 0, 1, 20, 0, 1], dtype=np.int16)  # pitches 54 and 66: room of 6 both ways
     ds = WindowDataset([middle], rep, window=6, transpose=6, seed=0)
-    seen = {int(ds[0]["x"][0]) - 8 for _ in range(40)}
+    seen = {int(ds[(0, epoch)]["x"][0]) - 8 for epoch in range(40)}
     assert seen <= set(range(-6, 7)) and len(seen) > 3
 
 
@@ -514,7 +520,7 @@ def test_datamodule_batches_from_real_midi(midi_folder: Path, tmp_path: Path) ->
         assert set(batch["x"].unique().tolist()) <= {0.0, 1.0}
         assert batch["x"].sum() > 0
     # The cache the datamodule built is the one `build_cache` finds again.
-    assert dm.cache_path == build_cache(
+    assert dm.cache_directory() == build_cache(
         FolderSource(str(midi_folder)), rep, tmp_path / "cache", n_jobs=1, min_steps=8, progress=False
     )
 
@@ -543,8 +549,9 @@ def test_a_window_drawn_from_notes_equals_the_slice_of_the_whole_roll(
     window = rep.expand_window(compact, start, length)
     assert window.dtype == whole.dtype and window.shape[1:] == whole.shape[1:]
     assert np.array_equal(window, whole[start : start + length])
-    tokens = MelodyRepresentation()
-    melody = np.arange(30, dtype=np.int16) % tokens.vocab_size
+    # A representation without a compact form stores its encoded arrays (`compact_codec`).
+    tokens = compact_codec(MelodyRepresentation())
+    melody = np.arange(30, dtype=np.int16) % MelodyRepresentation().vocab_size
     assert np.array_equal(tokens.expand_window(melody, start, length), melody[start : start + length])
 
 
@@ -575,3 +582,33 @@ def test_the_datamodule_keeps_pieces_compact_and_serves_the_same_windows(
     items = {item.key: item for item in source.items()}
     for key, roll in zip(dm.split_keys["train"], dm.split_arrays["train"]):
         assert np.array_equal(roll, rep.encode(LOADERS["midi"](items[key])))
+
+
+def _shifts(batches: list[dict[str, torch.Tensor]]) -> list[int]:
+    """The transposition of every example: where its one note landed (it starts at index 6)."""
+    return [int(x.reshape(len(x), -1).any(0).nonzero()[0]) - 6 for b in batches for x in b["x"]]
+
+
+def test_every_worker_draws_its_own_transpositions_and_a_resume_draws_the_same() -> None:
+    from torch.utils.data import DataLoader
+
+    from datamodules.music_datamodule import EpochSampler, pad_collate
+
+    rep = PianoRollRepresentation(n_tracks=1, pitch_low=60, pitch_high=71)
+    roll = np.zeros((4, 1, 12), dtype=bool)
+    roll[:, 0, 6] = True  # one held note in the middle of the range: room to move 6 down, 5 up
+    ds = WindowDataset([roll] * 64, rep, window=4, transpose=5, seed=11)
+
+    def epoch_shifts(workers: int, epoch: int) -> list[int]:
+        sampler = EpochSampler(ds, num_replicas=1, rank=0, shuffle=False, seed=11)
+        sampler.set_epoch(epoch)
+        loader = DataLoader(ds, batch_size=8, sampler=sampler, num_workers=workers, collate_fn=pad_collate)
+        return _shifts(list(loader))
+
+    one, two = epoch_shifts(0, 0), epoch_shifts(2, 0)
+    assert one == two  # the same draws with any number of workers...
+    per_batch = [tuple(two[i : i + 8]) for i in range(0, 64, 8)]
+    assert len(set(per_batch)) == len(per_batch)  # ...and no two workers' batches draw alike
+    assert len(set(one)) > 5
+    assert epoch_shifts(0, 1) != one  # another epoch, other draws; the same epoch again, the same
+    assert epoch_shifts(2, 1) == epoch_shifts(0, 1)

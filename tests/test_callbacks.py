@@ -22,11 +22,12 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 from scipy.io import wavfile
 
-from callbacks import rendering
-from callbacks.music_metrics import METRIC_NAMES
-from callbacks.rendering import pianoroll_image, pitch_name, render_audio, resolve_backend
-from callbacks.sample_music import SampleMusic, loss_gap, real_windows
+from callbacks.sample_music import SampleMusic
 from lightning_modules.pianoroll_rnn import PianoRollRNN
+from muselab.music import rendering
+from muselab.music.evaluation import loss_gap, music_windows
+from muselab.music.metrics import METRIC_NAMES
+from muselab.music.rendering import pianoroll_image, pitch_name, render_audio, resolve_backend
 from tests.conftest import bach_representation
 from tests.helpers import CONF_DIR, compose_train, small_train_overrides
 
@@ -136,8 +137,8 @@ class SilentRNN(PianoRollRNN):
     """A model that trains normally but only ever generates silence."""
 
     @torch.no_grad()
-    def generate(self, n, steps, temperature=1.0, prompt=None):
-        return torch.zeros(n, steps, self.n_tracks, self.n_pitches)
+    def generate(self, n, length, temperature=1.0, prompt=None):
+        return torch.zeros(n, length, self.n_tracks, self.n_pitches)
 
 
 # ------------------------------------------------------------------------------ rendering
@@ -272,17 +273,19 @@ def test_pianoroll_image_of_silence_and_of_a_single_held_note(tmp_path: Path) ->
 
 
 # ------------------------------------------------------------------------------ pure helpers
-def test_loss_gap_and_real_windows() -> None:
+def test_loss_gap_and_music_windows() -> None:
     gap = loss_gap({"val/loss": torch.tensor(3.0), "train/loss_epoch": torch.tensor(2.0), "train/loss": 9.0})
     assert gap == {"overfit/loss_gap": 1.0, "overfit/loss_ratio": 1.5}
     assert loss_gap({"val/loss": 1.0}) == {} and loss_gap({"val/loss": math.nan, "train/loss": 1.0}) == {}
     representation = bach_representation()
-    arrays = [np.zeros((100, 4, 49), dtype=bool), np.ones((300, 4, 49), dtype=bool)]
-    windows = real_windows(arrays, representation, steps=64, max_pieces=4)
-    assert len(windows) == 4 and all(m.get_end_time() <= 64 for m in windows)
+    # 100 and 300 steps at 4 steps per beat: 6.25 and 18.75 bars.
+    pieces = [representation.decode(np.ones((n, 4, 49), dtype=bool)) for n in (100, 300)]
+    windows = music_windows(pieces, bars=4, max_windows=4)
+    assert len(windows) == 4 and all(m.get_end_time() == 64 for m in windows)
+    assert all(max(n.time + n.duration for t in m.tracks for n in t.notes) == 64 for m in windows)
     # Too few whole windows (1 + 4): they hop by a quarter window instead (3 + 15).
-    assert len(real_windows(arrays, representation, steps=64, max_pieces=100)) == 3 + 15
-    assert len(real_windows([np.ones((10, 4, 49), dtype=bool)], representation, steps=64)) == 1
+    assert len(music_windows(pieces, bars=4, max_windows=100)) == 3 + 15
+    assert len(music_windows([representation.decode(np.ones((10, 4, 49), dtype=bool))], bars=4)) == 1
 
 
 # ------------------------------------------------------------------------------ the callback in fit
@@ -291,7 +294,7 @@ def test_sample_music_in_fit_logs_media_and_metrics_to_offline_wandb(tmp_path: P
     from lightning.pytorch.loggers import WandbLogger
 
     logger = WandbLogger(offline=True, save_dir=str(tmp_path), project="muselab-test")
-    callback = SampleMusic(n_samples=2, steps=64, n_audio=1)
+    callback = SampleMusic(n_samples=2, length=64, n_audio=1)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         trainer = fit(tmp_path, bach_datamodule, tiny_model(bach_datamodule), [callback], logger)
@@ -414,7 +417,7 @@ def test_sampling_does_not_change_training(tmp_path: Path, bach_datamodule) -> N
 
 
 def test_silent_model_still_gives_valid_files_and_finite_metrics(tmp_path: Path, bach_datamodule) -> None:
-    callback = SampleMusic(n_samples=2, steps=64, n_audio=2, background_audio=False)
+    callback = SampleMusic(n_samples=2, length=64, n_audio=2, background_audio=False)
     model = SilentRNN(bach_datamodule.representation, hidden_size=16, num_layers=1)
     fit(tmp_path, bach_datamodule, model, [callback], False, 1)
     folder = tmp_path / "samples" / "epoch_000"
@@ -432,7 +435,7 @@ def test_silent_model_still_gives_valid_files_and_finite_metrics(tmp_path: Path,
 def test_trainer_validate_runs_the_callback_too(tmp_path: Path, bach_datamodule) -> None:
     from lightning.pytorch.loggers import CSVLogger
 
-    callback = SampleMusic(n_samples=1, steps=32, n_audio=1)
+    callback = SampleMusic(n_samples=1, length=32, n_audio=1)
     logger = CSVLogger(str(tmp_path), name="csv")
     trainer = L.Trainer(
         default_root_dir=str(tmp_path), logger=logger, callbacks=[callback], limit_val_batches=1,
@@ -481,7 +484,7 @@ def test_evaluate_cli_writes_json_and_markdown_for_a_moved_run(tmp_path: Path, c
     shutil.move(str(run), str(moved))  # the run dir in hydra.yaml no longer exists
     cfg = load_run_config(moved)
     assert cfg.data_name == "bach" and cfg.paths.output_dir == str(moved.resolve())
-    main([f"ckpt={moved / 'checkpoints' / 'last.ckpt'}", "n=2", "steps=64", "n_real=8", "n_audio=1"])
+    main([f"ckpt={moved / 'checkpoints' / 'last.ckpt'}", "n=2", "length=64", "n_real=8", "n_audio=1"])
 
     out = moved / "evaluation"
     report = json.loads((out / "evaluation.json").read_text())
@@ -493,7 +496,7 @@ def test_evaluate_cli_writes_json_and_markdown_for_a_moved_run(tmp_path: Path, c
         assert math.isfinite(metrics[key]), key
     assert any(k.startswith("overfit/overlap_") for k in metrics)
     assert all(v is None or math.isfinite(v) for v in metrics.values())
-    assert report["n_samples"] == 2 and report["steps"] == 64 and report["n_real"] == 8
+    assert report["n_samples"] == 2 and report["length"] == 64 and report["n_real"] == 8
     markdown = (out / "evaluation.md").read_text()
     assert "| test/loss" in markdown and "| pitch_range |" in markdown
     images = [line[line.index("(") + 1 : -1] for line in markdown.splitlines() if line.startswith("![")]
@@ -508,11 +511,11 @@ def test_sample_cli_writes_png_and_wav_beside_each_midi(tmp_path: Path, cache_di
 
     run = make_run(tmp_path, cache_dir)
     ckpt = run / "checkpoints" / "last.ckpt"
-    main([f"ckpt={ckpt}", "n=2", f"out={tmp_path / 's'}", "steps=32", "audio_backend=numpy"])
+    main([f"ckpt={ckpt}", "n=2", f"out={tmp_path / 's'}", "length=32", "audio_backend=numpy"])
     names = sorted(p.name for p in (tmp_path / "s").iterdir())
     assert names == [f"sample_{i:02d}.{ext}" for i in range(2) for ext in ("mid", "png", "wav")]
     assert_png(tmp_path / "s" / "sample_01.png")
-    main([f"ckpt={ckpt}", "n=1", f"out={tmp_path / 'plain'}", "steps=32", "render=false"])
+    main([f"ckpt={ckpt}", "n=1", f"out={tmp_path / 'plain'}", "length=32", "render=false"])
     assert [p.name for p in (tmp_path / "plain").iterdir()] == ["sample_00.mid"]
 
 
@@ -534,7 +537,7 @@ def test_train_then_evaluate_through_the_real_clis(tmp_path: Path, cache_dir: Pa
     header = next((run / "csv").rglob("metrics.csv")).read_text().splitlines()[0]
     assert "sample/callback_seconds" in header and "overfit/loss_gap" in header
     subprocess.run(
-        [sys.executable, "-m", "muselab.evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=2", "steps=64"],
+        [sys.executable, "-m", "muselab.evaluate", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "n=2", "length=64"],
         check=True, cwd=ROOT, env=env, capture_output=True, timeout=300,
     )  # fmt: skip
     report = json.loads((run / "evaluation" / "evaluation.json").read_text())

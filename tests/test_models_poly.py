@@ -20,10 +20,12 @@ import yaml
 from hydra.utils import instantiate
 from lightning.pytorch.loggers import CSVLogger
 
+from callbacks.poly_nll import PolyNLLCallback, poly_nll
 from datamodules import MusicDataModule
 from datamodules.representations import PianoRollRepresentation, build_representation
 from datamodules.sources import BoulangerSource, load_boulanger
-from lightning_modules.base import PianoRollModule, load_model
+from lightning_modules.base import load_model
+from lightning_modules.frame import PianoRollModule
 from lightning_modules.layers.heads import HEADS, BernoulliHead, NADEHead
 from lightning_modules.pianoroll_rnn import PianoRollRNN
 from lightning_modules.wavenet import WaveNet
@@ -209,8 +211,15 @@ def test_wavenet_global_conditioning_reaches_every_path() -> None:
             h, state = model.step(x_in[:, t], state)
             steps.append(h)
         torch.testing.assert_close(torch.stack(steps, 1), model.context(x_in, torch.tensor([2, 1])))
-    model.sample_class = 2
-    assert len(model.sample(2, steps=8)) == 2
+    # The class reaches generation as a sampling option.
+    samples = {}
+    for cond in (0, 2):
+        torch.manual_seed(0)
+        samples[cond] = model.generate(2, 8, cond=cond)
+    assert not torch.equal(samples[0], samples[2])
+    assert len(model.sample(2, length=8, cond=2)) == 2
+    with pytest.raises(ValueError, match="class id"):
+        model.sample(1, length=8, cond=3)
 
 
 # --------------------------------------------------------------------------------------------- heads
@@ -277,7 +286,7 @@ class PreviousFrameModel(PianoRollModule):
             self.head.proj.weight.copy_(torch.eye(2, dtype=torch.float64) * (logit(0.8) - logit(0.25)))
             self.head.proj.bias.fill_(logit(0.25))
 
-    def context(self, x_in: torch.Tensor) -> torch.Tensor:
+    def context(self, x_in: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         return x_in
 
 
@@ -293,9 +302,9 @@ def test_poly_nll_matches_a_hand_computation() -> None:
     # seq 2: [1,0] after [0,0]: on after off (0.25), off after off (0.75). 3 predicted frames.
     expected = -(log(0.8) + log(0.25) + log(0.2) + log(0.8) + log(0.25) + log(0.75)) / 3
     model = PreviousFrameModel()
-    assert poly.poly_nll(model, sequences) == pytest.approx(expected, rel=1e-12)
-    assert poly.poly_nll(model, sequences, max_frames=1) == pytest.approx(expected, rel=1e-12)
-    assert poly.poly_nll(model.float(), sequences) == pytest.approx(expected, rel=1e-6)
+    assert poly_nll(model, sequences) == pytest.approx(expected, rel=1e-12)
+    assert poly_nll(model, sequences, max_frames=1) == pytest.approx(expected, rel=1e-12)
+    assert poly_nll(model.float(), sequences) == pytest.approx(expected, rel=1e-6)
 
 
 def test_poly_nll_is_the_same_batched_or_one_sequence_at_a_time() -> None:
@@ -306,8 +315,8 @@ def test_poly_nll_is_the_same_batched_or_one_sequence_at_a_time() -> None:
         terms = [model.eval().frame_nll(torch.as_tensor(s)[None])[0, 1:].double() for s in sequences]
     expected = float(torch.cat(terms).sum()) / sum(len(s) - 1 for s in sequences)
     model.train()
-    assert poly.poly_nll(model, sequences) == pytest.approx(expected, rel=1e-6)
-    assert poly.poly_nll(model, sequences, max_frames=20) == pytest.approx(expected, rel=1e-6)
+    assert poly_nll(model, sequences) == pytest.approx(expected, rel=1e-6)
+    assert poly_nll(model, sequences, max_frames=20) == pytest.approx(expected, rel=1e-6)
     assert model.training  # restored
 
 
@@ -332,7 +341,7 @@ def test_fast_dev_run_and_multitrack_samples(
     assert torch.isfinite(trainer.callback_metrics["train/loss"])
     assert any(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     n_tracks = datamodule.representation.n_tracks
-    musics = model.sample(2, steps=12)
+    musics = model.sample(2, length=12)
     assert len(musics) == 2 and all(len(m.tracks) == n_tracks for m in musics)
     roll = datamodule.representation.encode(musics[0])
     assert roll.shape[1:] == (n_tracks, datamodule.representation.n_pitches) and len(roll) <= 12
@@ -352,7 +361,7 @@ def test_poly_experiments_build_their_model_and_head(
     assert cfg.data.source._target_.endswith("BoulangerSource") and cfg.data.window is None
     assert cfg.callbacks.model_checkpoint.monitor == "val/poly_nll"
     representation = build_representation(instantiate(cfg.representation, _convert_="all"))
-    assert representation.describe()["shape_per_step"] == (1, 88)
+    assert representation.describe().shape_per_step == (1, 88)
     model = instantiate(cfg.model, representation=representation, _convert_="all")
     _, family, head = experiment.split("_")
     assert isinstance(model, WaveNet if family == "wavenet" else PianoRollRNN)
@@ -360,7 +369,7 @@ def test_poly_experiments_build_their_model_and_head(
     if family != "wavenet":
         assert model.hparams.cell == ("gru" if family == "gru" else "lstm")
     callback = instantiate(cfg.callbacks.poly_nll)
-    assert isinstance(callback, poly.PolyNLLCallback) and callback.path == str(boulanger_mat)
+    assert isinstance(callback, PolyNLLCallback) and callback.path == str(boulanger_mat)
 
 
 @pytest.mark.parametrize("model_config", ["pianoroll_rnn", "wavenet"])
@@ -426,7 +435,7 @@ def test_bench_end_to_end_on_a_tiny_mat(tmp_path: Path, cache_dir: Path) -> None
     assert row["epochs"] == 2 and 1 <= row["best_epoch"] <= 2
     # The reported figure is the exact metric of the best-validation checkpoint on the raw test split.
     [best] = (poly.ROOT / row["run_dir"] / "checkpoints").glob("epoch*.ckpt")
-    expected = poly.poly_nll(load_model(best), load_boulanger(mat)["test"])
+    expected = poly_nll(load_model(best), load_boulanger(mat)["test"])
     assert row["test"] == pytest.approx(expected, rel=1e-6)
     assert {s["n"] for s in out["sampling"]} == {1, 8} and all(s["seconds"] > 0 for s in out["sampling"])
     text = docs.read_text()

@@ -13,8 +13,10 @@ import pytest
 import torch
 from scipy import stats
 
-from callbacks.memorization import Memorization, MemorizationIndex
-from callbacks.music_metrics import (
+from datamodules.representations import MelodyRepresentation, PianoRollRepresentation
+from muselab.music.evaluation import decode_pieces, music_window, music_windows
+from muselab.music.memorization import EVAL_STEPS_PER_BEAT, Memorization, MemorizationIndex, evaluation_roll
+from muselab.music.metrics import (
     METRIC_NAMES,
     METRIC_RESOLUTION,
     MusicMetrics,
@@ -23,7 +25,6 @@ from callbacks.music_metrics import (
     overlap_area,
     tonal_distances,
 )
-from datamodules.representations import MelodyRepresentation, PianoRollRepresentation
 from tests.conftest import bach_representation, random_music
 
 RES = 4  # ticks per beat of the hand-made pieces
@@ -297,85 +298,118 @@ def bach(tmp_path_factory: pytest.TempPathFactory):
     return dm
 
 
-def brute_force_counts(train: list[np.ndarray], generated: list[np.ndarray], window: int, hop: int):
-    """Exact window bytes in a Python set: the reference the hashed index must agree with."""
-    seen = {a[s : s + window].tobytes() for a in train for s in range(len(a) - window + 1)}
+def brute_force_counts(train: list[muspy.Music], generated: list[muspy.Music], window: int, hop: int):
+    """Exact window bytes of the evaluation rolls in a Python set: the reference the hashed index
+    must agree with."""
+    rolls = [evaluation_roll(m) for m in train]
+    seen = {a[s : s + window].tobytes() for a in rolls for s in range(len(a) - window + 1)}
     matched = total = 0
-    for g in generated:
+    for g in map(evaluation_roll, generated):
         for s in range(0, len(g) - window + 1, hop):
             chunk = g[s : s + window]
-            if chunk.any():
+            if chunk[:, :128].any():
                 total += 1
                 matched += chunk.tobytes() in seen
     return matched, total
 
 
+def concatenated(a: muspy.Music, b: muspy.Music) -> muspy.Music:
+    """``b`` after ``a`` (same resolution), on one track per pair of tracks."""
+    out = muspy.Music(resolution=a.resolution, tempos=[muspy.Tempo(0, 120.0)])
+    shift = a.get_end_time()
+    notes = [muspy.Note(n.time, n.pitch, n.duration, 64) for t in a.tracks for n in t.notes]
+    notes += [muspy.Note(n.time + shift, n.pitch, n.duration, 64) for t in b.tracks for n in t.notes]
+    out.tracks.append(muspy.Track(notes=notes))
+    return out
+
+
 def test_memorization_of_real_chorales(bach) -> None:
     rep = bach.representation
-    train = bach.split_arrays["train"]
-    index = MemorizationIndex(train, rep)
-    window = 4 * rep.steps_per_bar()
-    assert index.window == window == 64
+    train = decode_pieces(bach.split_arrays["train"], rep)
+    index = MemorizationIndex(train)
+    window = 4 * 4 * EVAL_STEPS_PER_BEAT
+    assert index.window == window == 192
     assert len(index) > 1000
-    # Training pieces fed back (as arrays, as float tensors, as decoded music) are all copies.
+    # Training pieces fed back are copies, however they are held.
     assert index.score(train) == 1.0
-    assert index.score([torch.from_numpy(a.astype(np.float32)) for a in train[:3]]) == 1.0
-    assert index.score_music([rep.decode(a) for a in train[:3]]) == 1.0
+    assert index.score([m.deepcopy().adjust_resolution(24) for m in train[:2]]) == 1.0
     # Random music and silence are not.
     rng = np.random.default_rng(0)
-    noise = [rng.random((128, 4, rep.n_pitches)) < 0.05 for _ in range(4)]
+    noise = [random_music(rng, n_tracks=4, n_notes=60, resolution=4) for _ in range(4)]
     assert index.score(noise) == 0.0
-    assert index.score([np.zeros((128, 4, rep.n_pitches), bool)]) == 0.0
-    assert index.score([train[0][:10]]) == 0.0  # shorter than a window
-    # Two excerpts and two noise pieces, one window each: exactly half.
-    excerpts = [train[0][16:80], train[1][3:67]]
-    bar_hop = MemorizationIndex(train, rep, hop_steps=window)
-    assert bar_hop.score(excerpts + [n[:64] for n in noise[:2]]) == 0.5
-    # 4 copied bars then 4 noise bars: of the 65 windows only the first is a copy.
-    spliced = np.concatenate([train[2][:64], noise[0][:64]])
-    assert index.counts([spliced]) == (1, 65)
+    assert index.score([rep.decode(np.zeros((128, 4, rep.n_pitches), bool))]) == 0.0
+    assert index.score([music_window(train[0], 0, 10)]) == 0.0  # shorter than a window
+    # Two excerpts and two noise pieces, one 4-bar window each: exactly half. (Excerpts start at the
+    # pieces' start: cutting a piece elsewhere would turn the notes it cuts into new onsets.)
+    bar = 16  # ticks per bar at the chorales' 4 steps per beat
+    excerpts = [music_window(train[0], 0, 5 * bar), music_window(train[1], 0, 4 * bar + 3)]
+    bar_hop = MemorizationIndex(train, hop_steps=window)
+    assert bar_hop.score(excerpts + [music_window(n, 0, 4 * bar) for n in noise[:2]]) == 0.5
+    # 4 copied bars then noise: only the first window is a copy.
+    spliced = concatenated(music_window(train[2], 0, 4 * bar), music_window(noise[0], 0, 4 * bar))
+    matched, total = index.counts([spliced])
+    assert matched == 1 and total > 100
     # A copy transposed up a semitone is not verbatim.
-    assert index.score([rep.transpose(train[0], 1)]) < 0.2
+    assert index.score([train[0].deepcopy().transpose(1)]) < 0.2
     # The hashed index agrees with exact comparison of window bytes.
-    mixed = [spliced, train[3], noise[1], rep.transpose(train[4], -2)]
-    assert index.counts(mixed) == brute_force_counts(train, [m.astype(bool) for m in mixed], window, 1)
+    mixed = [spliced, train[3], noise[1], train[4].deepcopy().transpose(-2)]
+    assert index.counts(mixed) == brute_force_counts(train, mixed, window, 1)
 
 
-def test_memorization_metric_and_tokens() -> None:
-    rep = MelodyRepresentation(steps_per_beat=4)
+def test_token_and_pianoroll_codings_of_one_piece_measure_the_same() -> None:
+    """Evaluation runs on decoded music: the same melody, coded as melody tokens or as a piano-roll,
+    gets the same metrics and the same memorisation."""
+    melody = MelodyRepresentation(pitch_low=48, pitch_high=84)
+    roll = PianoRollRepresentation(n_tracks=1, track_mode="merge", pitch_low=48, pitch_high=84)
+    rng = np.random.default_rng(3)
+    onsets = np.cumsum(rng.integers(1, 5, 40))
+    # Neighbours never share a pitch: a piano-roll cannot tell two touching notes of one pitch from one.
+    pitches = 55 + np.cumsum(rng.integers(1, 6, 40)) % 25
+    durations = np.diff(onsets, append=onsets[-1] + 2)
+    notes = [muspy.Note(int(t), int(p), int(d), 80) for t, p, d in zip(onsets, pitches, durations)]
+    music = muspy.Music(resolution=4, tempos=[muspy.Tempo(0, 120.0)], tracks=[muspy.Track(notes=notes)])
+    by_tokens = melody.decode(melody.encode(music))
+    by_roll = roll.decode(roll.encode(music))
+    assert music_metrics(by_tokens) == music_metrics(by_roll)
+    assert np.array_equal(evaluation_roll(by_tokens), evaluation_roll(by_roll))
+    windows = music_windows([by_tokens], bars=4)
+    assert MemorizationIndex([by_roll]).score(windows) == 1.0
+    assert MemorizationIndex([by_tokens]).score(music_windows([by_roll], bars=4)) == 1.0
+
+
+def test_memorization_metric() -> None:
     rng = np.random.default_rng(0)
-    train = [rng.integers(0, rep.vocab_size, 100).astype(np.int16) for _ in range(3)]
-    index = MemorizationIndex(train, rep, n_bars=1, hop_steps=16)
+    train = [random_music(rng, n_tracks=2, n_notes=30, resolution=4) for _ in range(3)]
+    index = MemorizationIndex(train, n_bars=1, hop_steps=EVAL_STEPS_PER_BEAT * 4)
     metric = Memorization(index)
     with pytest.warns(UserWarning, match="before the ``update``"):
         assert metric.compute().item() == 0.0  # nothing seen yet
-    # int64 tensors of a training piece match the int16 arrays they came from.
-    metric.update([torch.from_numpy(train[0].astype(np.int64))])
+    metric.update(train[:1])
     assert metric.compute().item() == 1.0
-    # 6 one-bar windows (hop 16 over 100 steps) of new material; the all-zero piece has no events.
-    new, silent = rng.integers(0, rep.vocab_size, 100), np.zeros(64, dtype=np.int64)
-    assert index.counts([new, silent]) == (0, 6)
-    metric.update([new, silent])
-    assert (int(metric.matched), int(metric.total)) == (6, 12)
-    assert metric.compute().item() == pytest.approx(0.5)
+    new = random_music(rng, n_tracks=2, n_notes=30, resolution=4)
+    copies, windows = index.counts([new])
+    assert copies == 0 and windows > 0
+    metric.update([new])
+    assert int(metric.matched) == int(metric.total) - windows
     with pytest.raises(ValueError, match="positive"):
-        MemorizationIndex(train, rep, hop_steps=0)
+        MemorizationIndex(train, hop_steps=0)
 
 
 # ------------------------------------------------------------------------------------ DDP
-def _ddp_pieces() -> tuple[list[muspy.Music], list[np.ndarray], list[np.ndarray]]:
+def _ddp_pieces() -> tuple[list[muspy.Music], list[muspy.Music], list[muspy.Music]]:
     """Pieces for the DDP test (rebuilt identically in every process from fixed seeds)."""
     rng = np.random.default_rng(7)
     musics = [random_music(rng, n_tracks=1 + i % 3, n_notes=15 + 5 * i) for i in range(4)]
     musics.append(muspy.Music(resolution=RES))  # rank 1's silent piece: empty states for some metrics
-    train = [(rng.random((96, 2, 12)) < 0.2) for _ in range(3)]
+    rolls = [(rng.random((96, 2, 12)) < 0.2) for _ in range(3)]
     generated = [
-        train[0],
-        train[1][:40],
+        rolls[0],
+        rolls[1][:40],
         rng.random((80, 2, 12)) < 0.2,
-        np.concatenate([train[2][:32], train[0][:32]]),
+        np.concatenate([rolls[2][:32], rolls[0][:32]]),
     ]
-    return musics, train, generated
+    rep = _ddp_representation()
+    return musics, [rep.decode(r) for r in rolls], [rep.decode(g) for g in generated]
 
 
 def _ddp_representation() -> PianoRollRepresentation:
@@ -395,7 +429,7 @@ def _ddp_worker(rank: int, world: int, port: int, out_dir: str) -> None:
         rank0_only = MusicMetrics(names=["polyphony", "tonal_distance"])
         if rank == 0:  # rank 1 never updates: its list states stay empty
             rank0_only.update(musics)
-        memo = Memorization(MemorizationIndex(train, _ddp_representation(), n_bars=1, beats_per_bar=4))
+        memo = Memorization(MemorizationIndex(train, n_bars=1, beats_per_bar=4))
         memo.update(generated[:1] if rank == 0 else generated[1:])
         result = {
             "compute": metric.compute(),
@@ -415,7 +449,7 @@ def test_metrics_agree_between_one_and_two_ddp_processes(tmp_path: Path) -> None
     single.update(musics)
     rank0_only = MusicMetrics(names=["polyphony", "tonal_distance"])
     rank0_only.update(musics)
-    memo = Memorization(MemorizationIndex(train, _ddp_representation(), n_bars=1))
+    memo = Memorization(MemorizationIndex(train, n_bars=1))
     memo.update(generated)
     expected_memo = memo.compute()
     assert 0.0 < expected_memo.item() < 1.0  # a mix of copies and new material

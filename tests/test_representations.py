@@ -43,7 +43,7 @@ def piano_rolls() -> dict[str, PianoRollRepresentation]:
             n_tracks=len(DEFAULT_PROGRAM_GROUPS), track_mode="program", pitch_low=24, pitch_high=96
         ),
         "merge": PianoRollRepresentation(track_mode="merge", pitch_low=21, pitch_high=108, steps_per_beat=2),
-        "drums": PianoRollRepresentation(n_tracks=2, track_mode="index", include_drums=True),
+        "drums": PianoRollRepresentation(n_tracks=3, track_mode="index", drum_track=2),
     }
 
 
@@ -106,10 +106,8 @@ def chord_tracks(draw: st.DrawFn, low: int, high: int) -> list[tuple[int, int, i
 def reference_encode(rep: PianoRollRepresentation, music: muspy.Music) -> np.ndarray:
     """The straightforward piano-roll: one slice assignment per note (what encode must equal)."""
     table = NoteTable.from_music(music)
-    kept = [t for t in table.tracks if rep.include_drums or not t.is_drum]
     cells = []
-    for index, track in enumerate(kept):
-        channel = rep._channel(index, track)
+    for track, channel in zip(table.tracks, rep.route(table.tracks)):
         if channel is None:
             continue
         scale = rep.steps_per_beat / table.resolution  # the same float as encode, so ties round alike
@@ -156,7 +154,7 @@ def test_pianoroll_routes_tracks_by_mode() -> None:
         resolution=4,
         tracks=[
             track("Bass", 34, 40),  # name -> bass (3); program -> basses (2)
-            track("drums", 0, 41, is_drum=True),  # always dropped (include_drums=False)
+            track("drums", 0, 41, is_drum=True),  # always dropped (no drum_track)
             track("S. 1", 41, 70),  # name -> soprano (0); program -> strings (3)
             track("harp", 46, 60),  # name -> none; program -> strings (3)
             track("Alto", 2, 65),  # name -> alto (1); program -> pianos (0)

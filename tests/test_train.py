@@ -68,8 +68,8 @@ def test_resume_from_last_ckpt_continues_global_step(tmp_path: Path, cache_dir: 
 def test_sample_cli_writes_midi_read_back_by_muspy(tmp_path: Path, cache_dir: Path) -> None:
     out = run(tmp_path, cache_dir, "logger=none", "n_samples=0", "test=false")
     model = load_model(out["last_ckpt"])
-    assert model.representation.describe()["n_tracks"] == 4
-    paths = sample(out["last_ckpt"], n=2, out=str(tmp_path / "s"), steps=48)
+    assert model.representation.describe().n_tracks == 4
+    paths = sample(out["last_ckpt"], n=2, out=str(tmp_path / "s"), length=48)
     assert [p.name for p in paths][:2] == ["sample_00.mid", "sample_01.mid"]
     for path in paths:
         music = muspy.read_midi(path)

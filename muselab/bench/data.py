@@ -628,7 +628,7 @@ def print_rows(title: str, rows: list[dict[str, Any]], ratio_key: str) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     """Run the benchmark, print the tables and write the docs section; returns the rows."""
-    from muselab.utils import parse_kv_args
+    from muselab.cli import parse_kv_args
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_kv_args(argv, DEFAULTS)
