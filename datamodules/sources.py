@@ -1070,7 +1070,9 @@ class MaestroSource(MuspyDatasetSource):
 
     def __init__(self, root: str, version: int = 3, download: bool = False) -> None:
         if int(version) not in self.CLASSES:
-            raise DataConfigError(f"data.source.version={version}: MAESTRO versions are 1, 2 and 3")
+            raise DataConfigError(
+                f"data.source.version={version}: must be one of 1, 2, 3 (the MAESTRO version)"
+            )
         super().__init__(root, download)
         self.version = int(version)
 
