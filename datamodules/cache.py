@@ -212,7 +212,9 @@ def _die_with_parent(parent: int) -> bool:
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) != 0:
+        # prctl's arguments are unsigned longs: pass them so, not as ctypes' default int.
+        args = [ctypes.c_ulong(int(signal.SIGTERM)), *[ctypes.c_ulong(0)] * 3]
+        if libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), *args) != 0:
             return False
     except (OSError, AttributeError):
         return False

@@ -37,56 +37,6 @@ def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
-SPLIT_GROUP_RULES = ("auto", "file", "none")
-
-
-def split_group_label(key: str, rule: str | re.Pattern[str], source: Source | None = None) -> str:
-    """The group of a piece by its key: pieces with one label are versions of one piece.
-
-    - ``none``: the key itself (every piece alone).
-    - ``file``: the file (all tunes of one ABC file together).
-    - a compiled regular expression: its first group (or whole match) in the key; no match, the key.
-    - ``auto``: what ``source.split_group(key)`` says (Lakh matched: the song's folder), else
-      ``<song>/versions/<file>`` and ``<song>/<song>.mid`` (POP909) -> ``<song>``, else the file's
-      stem in any sibling folder (``x/melody/jig_1.mid`` and ``x/chords/jig_1.mid`` -> ``x/*/jig_1``;
-      also ``a/song.mid`` beside ``a/song.xml``). An ABC tune keeps its tune suffix.
-    """
-    if rule == "none":
-        return key
-    if isinstance(rule, re.Pattern):
-        match = rule.search(key)
-        return (match.group(1) if rule.groups else match.group(0)) if match else key
-    path, mark, tune = key.partition("#")
-    if rule == "file":
-        return path
-    if source is not None and (hint := source.split_group(key)) is not None:
-        return hint
-    *folders, name = path.split("/")
-    stem = os.path.splitext(name)[0]
-    if len(folders) >= 2 and folders[-1].lower() == "versions":
-        return "/".join(folders[:-1])
-    if folders and stem == folders[-1]:
-        return "/".join(folders)
-    return f"{'/'.join(folders[:-1])}/*/{stem}{mark}{tune}"
-
-
-def split_group_keys(
-    keys: Sequence[str], rule: str | re.Pattern[str], source: Source | None = None, others: Sequence[str] = ()
-) -> tuple[list[str], dict[str, int]]:
-    """What `hash_split` hashes for each key, and the groups of several pieces (label -> size).
-
-    A piece that shares its label with another (in ``keys`` or ``others``: the skipped files, so a
-    version that failed to load still holds its group together) hashes the label, so versions of
-    one piece land in one split; a piece alone hashes its own key, as before grouping existed, so
-    its split does not change.
-    """
-    labels = [split_group_label(k, rule, source) for k in keys]
-    counts = Counter(labels) + Counter(split_group_label(k, rule, source) for k in others)
-    hashed = [label if counts[label] > 1 else key for key, label in zip(keys, labels)]
-    kept = Counter(labels)
-    return hashed, {label: n for label, n in kept.items() if n > 1}
-
-
 class WindowDataset(Dataset):
     """Fixed-length windows over encoded pieces, with optional random transposition.
 
@@ -157,6 +107,56 @@ def pad_collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
             padded[row, : len(t)] = t
         out[name] = padded
     return out
+
+
+SPLIT_GROUP_RULES = ("auto", "file", "none")
+
+
+def split_group_label(key: str, rule: str | re.Pattern[str], source: Source | None = None) -> str:
+    """The group of a piece by its key: pieces with one label are versions of one piece.
+
+    - ``none``: the key itself (every piece alone).
+    - ``file``: the file (all tunes of one ABC file together).
+    - a compiled regular expression: its first group (or whole match) in the key; no match, the key.
+    - ``auto``: what ``source.split_group(key)`` says (Lakh matched: the song's folder), else
+      ``<song>/versions/<file>`` and ``<song>/<song>.mid`` (POP909) -> ``<song>``, else the file's
+      stem in any sibling folder (``x/melody/jig_1.mid`` and ``x/chords/jig_1.mid`` -> ``x/*/jig_1``;
+      also ``a/song.mid`` beside ``a/song.xml``). An ABC tune keeps its tune suffix.
+    """
+    if rule == "none":
+        return key
+    if isinstance(rule, re.Pattern):
+        match = rule.search(key)
+        return (match.group(1) if rule.groups else match.group(0)) if match else key
+    path, mark, tune = key.partition("#")
+    if rule == "file":
+        return path
+    if source is not None and (hint := source.split_group(key)) is not None:
+        return hint
+    *folders, name = path.split("/")
+    stem = os.path.splitext(name)[0]
+    if len(folders) >= 2 and folders[-1].lower() == "versions":
+        return "/".join(folders[:-1])
+    if folders and stem == folders[-1]:
+        return "/".join(folders)
+    return f"{'/'.join(folders[:-1])}/*/{stem}{mark}{tune}"
+
+
+def split_group_keys(
+    keys: Sequence[str], rule: str | re.Pattern[str], source: Source | None = None, others: Sequence[str] = ()
+) -> tuple[list[str], dict[str, int]]:
+    """What `hash_split` hashes for each key, and the groups of several pieces (label -> size).
+
+    A piece that shares its label with another (in ``keys`` or ``others``: the skipped files, so a
+    version that failed to load still holds its group together) hashes the label, so versions of
+    one piece land in one split; a piece alone hashes its own key, as before grouping existed, so
+    its split does not change.
+    """
+    labels = [split_group_label(k, rule, source) for k in keys]
+    counts = Counter(labels) + Counter(split_group_label(k, rule, source) for k in others)
+    hashed = [label if counts[label] > 1 else key for key, label in zip(keys, labels)]
+    kept = Counter(labels)
+    return hashed, {label: n for label, n in kept.items() if n > 1}
 
 
 def _whole(value: Any) -> bool:

@@ -64,7 +64,10 @@ def printable(name: str) -> str:
     try:
         name.encode("utf-8")
     except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        try:  # os.fsdecode smuggles each undecodable byte in as a lone surrogate: show the byte
+            return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # another lone surrogate (from JSON text, say): show the code point
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
     return name
 
 
