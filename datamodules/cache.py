@@ -21,7 +21,10 @@ import queue
 import signal
 import sys
 import tempfile
+import threading
+import time
 import traceback
+import zipfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +36,15 @@ from tqdm.auto import tqdm
 
 from datamodules.pieces import CompactPieces
 from datamodules.representations import Representation, build_representation, compact_codec
-from datamodules.sources import Source, SourceItem, load_item
+from datamodules.sources import (
+    DataConfigError,
+    Source,
+    SourceItem,
+    UnusableItem,
+    expand_path,
+    load_item,
+    printable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +100,10 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
     """
     try:
         table = load_item(item)
+    except UnusableItem as exc:  # the loader knows what is wrong (an ABC file with no tune)
+        return None, _one_line(str(exc), 200)
     except Exception as exc:  # a corrupt file must not stop a run over 100k files
-        return None, f"unreadable: {type(exc).__name__}: {str(exc)[:120]}"
+        return None, f"unreadable: {type(exc).__name__}: {_one_line(str(exc), 120)}"
     if table.resolution <= 0:
         return None, f"absurd: resolution {table.resolution}"
     if table.n_notes == 0:
@@ -101,7 +114,7 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
     try:
         compact = codec.encode_compact(table)
     except Exception as exc:
-        return None, f"unencodable: {type(exc).__name__}: {str(exc)[:120]}"
+        return None, f"unencodable: {type(exc).__name__}: {_one_line(str(exc), 120)}"
     if codec.compact_is_silent(compact):
         return None, "no notes in the representation's tracks and pitch range"
     if (steps := codec.compact_steps(compact)) < min_steps:
@@ -109,11 +122,27 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
     return compact, ""
 
 
+def _one_line(text: str, limit: int) -> str:
+    # A reason goes into logs, JSON and W&B: one line, printable (a path in a message may hold bytes
+    # that are not UTF-8), short.
+    return printable(" ".join(text.split()))[:limit]
+
+
+def _save_npz(fh: Any, arrays: dict[str, Any]) -> None:
+    """What `np.savez` writes, with a fixed timestamp on every member: the same shard content gives
+    the same bytes in every run (np.savez stamps the current time), so caches can be compared."""
+    with zipfile.ZipFile(fh, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        for name, value in arrays.items():
+            member = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with archive.open(member, "w", force_zip64=True) as out:
+                np.lib.format.write_array(out, np.asanyarray(value))
+
+
 def _atomic_save(path: Path, **arrays: Any) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
+            _save_npz(fh, arrays)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -168,26 +197,98 @@ def _build_shard(
 ShardTask = tuple[int, Path, list[SourceItem], Representation, int]
 
 
-def _next_task(counter: Any, n_tasks: int) -> int | None:
-    with counter.get_lock():
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PARENT_POLL_S = 1.0  # how often a helper blocked on its parent checks that the parent still lives
+
+
+def _die_with_parent(parent: int) -> bool:
+    """Ask Linux to send this process SIGTERM when its parent dies; returns whether it could.
+
+    A helper whose parent was killed (``kill -9``, the OOM killer, a closed terminal) would otherwise
+    go on building shards for nobody, then hang at exit on a pipe that no one reads. (Linux sends it
+    when the parent *thread* that forked ends; that thread waits for the helpers in `_run_shards`.)
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # prctl's arguments are unsigned longs: pass them so, not as ctypes' default int.
+        args = [ctypes.c_ulong(int(signal.SIGTERM)), *[ctypes.c_ulong(0)] * 3]
+        if libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), *args) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    # The parent may have died between the fork and the prctl: then no signal will come.
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return True
+
+
+def _watch_parent(parent: int) -> None:
+    """Where the kernel cannot signal a parent's death: poll, and stop this process like a SIGTERM."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_S)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _next_task(counter: Any, n_tasks: int, parent: int | None = None) -> int | None:
+    lock = counter.get_lock()
+    # Timed, so that a helper whose parent died holding the lock (kill -9 at the wrong moment)
+    # notices instead of waiting forever.
+    while not lock.acquire(timeout=PARENT_POLL_S):
+        if parent is not None and os.getppid() != parent:
+            raise SystemExit(1)
+    try:
         k = counter.value
         counter.value += 1
+    finally:
+        lock.release()
     return k if k < n_tasks else None
 
 
-def _shard_process(tasks: list[ShardTask], counter: Any, results: Any) -> None:
-    """A forked helper: build shards from the shared task list until none is left, report each."""
-    # Stopped by the parent (an error or Ctrl-C there): exit through Python, so that a shard being
-    # written removes its temporary file.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+def _put(results: Any, message: Any, parent: int) -> None:
+    """Put ``message`` on the bounded results queue, giving up (exit) once the parent is gone."""
+    while True:
+        try:
+            results.put(message, timeout=PARENT_POLL_S)
+            return
+        except queue.Full:
+            if os.getppid() != parent:
+                raise SystemExit(1) from None
+
+
+def _shard_process(tasks: list[ShardTask], counter: Any, results: Any, parent: int) -> None:
+    """A forked helper: build shards from the shared task list until none is left, report each.
+
+    It ends with its parent: SIGTERM on the parent's death (Linux) or a poll of the parent's pid
+    (elsewhere, and whenever the helper waits on a lock or a full queue). It then exits through
+    Python, so that a shard being written removes its temporary file, and does not wait to flush
+    messages that no one will read.
+    """
+
+    def stop(*_: Any) -> None:
+        results.cancel_join_thread()  # exiting must not block on a full pipe
+        sys.exit(1)
+
+    # SIGTERM also comes from the parent itself (an error or Ctrl-C there).
+    signal.signal(signal.SIGTERM, stop)
+    if not _die_with_parent(parent):
+        threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        while (k := _next_task(counter, len(tasks))) is not None:
+        while (k := _next_task(counter, len(tasks), parent)) is not None:
+            if os.getppid() != parent:
+                stop()
             index, path, items, representation, min_steps = tasks[k]
-            results.put((index, _build_shard(path, items, representation, min_steps)))
-    except Exception:
-        results.put(("error", traceback.format_exc()))
+            _put(results, (index, _build_shard(path, items, representation, min_steps)), parent)
+    except SystemExit:
+        results.cancel_join_thread()
         raise
-    results.put(None)
+    except Exception:
+        _put(results, ("error", traceback.format_exc()[-4000:]), parent)
+        raise
+    _put(results, None, parent)
 
 
 def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _ShardMeta], None]) -> None:
@@ -198,13 +299,16 @@ def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _Shard
     (a pool that sent the encoded pieces back to the parent spent a third of the work pickling them).
     Forked helpers inherit the task list instead of receiving it, and this process works too, so a
     2-core machine runs one fork, not a pool of two. ``done(index, meta)`` is called in this process.
+    The results queue is bounded so that a helper's put can time out and check that this process
+    still lives; it holds far more messages than the helpers send while this process builds a shard.
     """
     context = mp.get_context("fork")
     counter = context.Value("l", 0)
-    results = context.Queue()
+    n_helpers = min(n_jobs, len(tasks)) - 1
+    results = context.Queue(maxsize=max(64, 8 * n_helpers))
     helpers = [
-        context.Process(target=_shard_process, args=(tasks, counter, results), daemon=True)
-        for _ in range(min(n_jobs, len(tasks)) - 1)
+        context.Process(target=_shard_process, args=(tasks, counter, results, os.getpid()), daemon=True)
+        for _ in range(n_helpers)
     ]
     finished = 0
 
@@ -283,12 +387,18 @@ def build_cache(
     """
     fingerprint = source.fingerprint()
     key = _hash_config(fingerprint, representation.to_config())
-    directory = Path(cache_dir).expanduser() / f"{source.name}-{key}"
+    directory = Path(expand_path(cache_dir)) / f"{source.name}-{key}"
     manifest_path = directory / "manifest.json"
     if manifest_path.is_file():
         log.info("Reusing preprocessed cache %s", directory)
         return directory
-    directory.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DataConfigError(
+            f"paths.cache_dir={printable(str(cache_dir))}: cannot create {printable(str(directory))} "
+            f"({exc.strerror}; set paths.cache_dir=/a/writable/folder)"
+        ) from None
     source.prepare()
     items = source.items()
     shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
+import os
+import re
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,14 +20,16 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from datamodules.cache import CachedCorpus, build_cache, load_cache
 from datamodules.pieces import CompactPieces, piece_steps, piece_window
 from datamodules.representations import Representation, Transposable, build_representation
-from datamodules.sources import Source
+from datamodules.sources import DataConfigError, Source, expand_path, printable
 
 log = logging.getLogger(__name__)
 
 
 def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
-    """Deterministic split from a hash of the piece's identity: adding pieces never moves old ones."""
-    bucket = int(hashlib.sha1(key.encode()).hexdigest()[:12], 16) / float(16**12)
+    """Deterministic split from a hash of the piece's identity (or of its group, see
+    `split_group_keys`): adding pieces never moves old ones."""
+    # surrogateescape: a key that still holds the bytes of a non-UTF-8 file name hashes as those bytes.
+    bucket = int(hashlib.sha1(key.encode("utf-8", "surrogateescape")).hexdigest()[:12], 16) / float(16**12)
     if bucket < test_fraction:
         return "test"
     if bucket < test_fraction + val_fraction:
@@ -132,6 +138,130 @@ def pad_collate(batch: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]
     return out
 
 
+SPLIT_GROUP_RULES = ("auto", "file", "none")
+
+
+def split_group_label(key: str, rule: str | re.Pattern[str], source: Source | None = None) -> str:
+    """The group of a piece by its key: pieces with one label are versions of one piece.
+
+    - ``none``: the key itself (every piece alone).
+    - ``file``: the file (all tunes of one ABC file together).
+    - a compiled regular expression: its first group (or whole match) in the key; no match, the key.
+    - ``auto``: what ``source.split_group(key)`` says (Lakh matched: the song's folder), else
+      ``<song>/versions/<file>`` and ``<song>/<song>.mid`` (POP909) -> ``<song>``, else the file's
+      stem in any sibling folder (``x/melody/jig_1.mid`` and ``x/chords/jig_1.mid`` -> ``x/*/jig_1``;
+      also ``a/song.mid`` beside ``a/song.xml``). An ABC tune keeps its tune suffix.
+    """
+    if rule == "none":
+        return key
+    if isinstance(rule, re.Pattern):
+        match = rule.search(key)
+        return (match.group(1) if rule.groups else match.group(0)) if match else key
+    path, mark, tune = key.partition("#")
+    if rule == "file":
+        return path
+    if source is not None and (hint := source.split_group(key)) is not None:
+        return hint
+    *folders, name = path.split("/")
+    stem = os.path.splitext(name)[0]
+    if len(folders) >= 2 and folders[-1].lower() == "versions":
+        return "/".join(folders[:-1])
+    if folders and stem == folders[-1]:
+        return "/".join(folders)
+    return f"{'/'.join(folders[:-1])}/*/{stem}{mark}{tune}"
+
+
+def split_group_keys(
+    keys: Sequence[str], rule: str | re.Pattern[str], source: Source | None = None, others: Sequence[str] = ()
+) -> tuple[list[str], dict[str, int]]:
+    """What `hash_split` hashes for each key, and the groups of several pieces (label -> size).
+
+    A piece that shares its label with another (in ``keys`` or ``others``: the skipped files, so a
+    version that failed to load still holds its group together) hashes the label, so versions of
+    one piece land in one split; a piece alone hashes its own key, as before grouping existed, so
+    its split does not change.
+    """
+    labels = [split_group_label(k, rule, source) for k in keys]
+    counts = Counter(labels) + Counter(split_group_label(k, rule, source) for k in others)
+    hashed = [label if counts[label] > 1 else key for key, label in zip(keys, labels)]
+    kept = Counter(labels)
+    return hashed, {label: n for label, n in kept.items() if n > 1}
+
+
+def _whole(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _require(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise DataConfigError(f"{key}={'null' if value is None else value}: {rule}")
+
+
+def check_data_settings(
+    window: Any,
+    stride: Any,
+    batch_size: Any,
+    num_workers: Any,
+    val_fraction: Any,
+    test_fraction: Any,
+    transpose: Any,
+    min_steps: Any,
+    n_jobs: Any,
+) -> None:
+    """Raise `DataConfigError` naming the first numeric data setting that cannot work."""
+    steps = "must be a positive number of steps or null"
+    _require(
+        window is None or (_whole(window) and window > 0), "data.window", window, f"{steps} (whole pieces)"
+    )
+    _require(
+        stride is None or (_whole(stride) and stride > 0), "data.stride", stride, f"{steps} (half a window)"
+    )
+    _require(
+        _whole(batch_size) and batch_size > 0, "data.batch_size", batch_size, "must be a positive number"
+    )
+    _require(_whole(num_workers) and num_workers >= 0, "data.num_workers", num_workers, "must be 0 or more")
+    for key, fraction in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
+        number = isinstance(fraction, numbers.Real) and not isinstance(fraction, bool)
+        _require(number and 0 <= fraction < 1, key, fraction, "must be a fraction, at least 0 and below 1")
+    if val_fraction + test_fraction >= 1:
+        raise DataConfigError(
+            f"data.val_fraction={val_fraction} + data.test_fraction={test_fraction}: must add up to less "
+            "than 1 (no piece would be left to train on)"
+        )
+    _require(
+        _whole(transpose) and transpose >= 0,
+        "data.transpose",
+        transpose,
+        "must be a whole number of semitones >= 0 (0: off)",
+    )
+    _require(
+        _whole(min_steps) and min_steps >= 0,
+        "data.min_steps",
+        min_steps,
+        "must be a whole number of steps >= 0",
+    )
+    _require(
+        n_jobs is None or (_whole(n_jobs) and n_jobs > 0),
+        "data.n_jobs",
+        n_jobs,
+        "must be a positive number of processes or null (all cores)",
+    )
+
+
+def compile_split_group(rule: str) -> str | re.Pattern[str]:
+    """``auto``/``file``/``none`` as they are, anything else as a regular expression."""
+    if rule in SPLIT_GROUP_RULES:
+        return rule
+    try:
+        if not rule:
+            raise re.error("empty")
+        return re.compile(rule)
+    except (re.error, TypeError) as exc:
+        raise DataConfigError(
+            f"data.split_group={rule!r}: must be auto, file, none or a regular expression ({exc})"
+        ) from None
+
+
 class MusicDataModule(L.LightningDataModule):
     """Any `Source` through any `Representation`, cached, split, windowed and batched.
 
@@ -139,6 +269,7 @@ class MusicDataModule(L.LightningDataModule):
         source: where the music comes from (see `datamodules.sources`).
         representation: how each piece is encoded (see `datamodules.representations`).
         cache_dir: where preprocessed shards live; the sub-folder name hashes source + representation.
+            ``~`` and ``$VAR`` are expanded.
         window: steps per training example (``None``: whole pieces).
         stride: hop between training windows (default: half a window).
         batch_size, num_workers: DataLoader settings.
@@ -147,6 +278,11 @@ class MusicDataModule(L.LightningDataModule):
         min_steps: pieces shorter than this many steps are skipped and counted.
         n_jobs: preprocessing processes (default: all cores).
         seed: seed of the augmentation RNG.
+        split_group: which pieces are versions of one piece and go to one split (hash split only):
+            ``auto`` (default; see `split_group_label`), ``file``, ``none`` or a regular expression
+            whose first group (or match) names the group.
+
+    Numeric settings are checked here: a bad one raises `DataConfigError` naming its config key.
     """
 
     def __init__(
@@ -165,11 +301,18 @@ class MusicDataModule(L.LightningDataModule):
         n_jobs: int | None = None,
         seed: int = 0,
         name: str | None = None,
+        split_group: str = "auto",
     ) -> None:
         super().__init__()
+        check_data_settings(
+            window, stride, batch_size, num_workers, val_fraction, test_fraction, transpose, min_steps, n_jobs
+        )
+        self.split_group = split_group
+        self._split_rule = compile_split_group(split_group)
         self.source = source
         self.representation = build_representation(representation)
-        self.cache_dir = cache_dir
+        self._typed_cache_dir = str(cache_dir)
+        self.cache_dir = expand_path(cache_dir)
         self.window = window
         self.stride = stride if stride is not None else (max(1, window // 2) if window else None)
         self.batch_size = batch_size
@@ -185,7 +328,16 @@ class MusicDataModule(L.LightningDataModule):
         self._cache_directory: Path | None = None
         self.split_arrays: dict[str, Sequence[np.ndarray]] = {}
         self.split_keys: dict[str, list[str]] = {}
+        self.split_groups: dict[str, int] = {}
         self.datasets: dict[str, WindowDataset] = {}
+
+    def check(self) -> None:
+        """Cheap checks before anything is built or parsed: the source's (a missing, empty or
+        unreadable root) and the cache folder's; raises `DataConfigError` naming the config key."""
+        self.source.check()
+        if os.path.exists(self.cache_dir) and not os.path.isdir(self.cache_dir):
+            shown = f"paths.cache_dir={printable(self._typed_cache_dir)}"
+            raise DataConfigError(f"{shown}: not a directory (set paths.cache_dir=/a/folder/for/the/cache)")
 
     def prepare_data(self) -> None:
         """Build the cache once (local rank 0 only under DDP)."""
@@ -216,8 +368,20 @@ class MusicDataModule(L.LightningDataModule):
             )
         pieces = self.corpus.arrays
         indices: dict[str, list[int]] = {s: [] for s in ("train", "val", "test")}
-        for i, (key, split) in enumerate(zip(self.corpus.keys, self.corpus.splits)):
-            indices[split or hash_split(key, self.val_fraction, self.test_fraction)].append(i)
+        # Official splits are kept as published; the others are hashed by group, so that versions of
+        # one piece (a POP909 song's versions, one tune's melody and chord renderings) never end up
+        # on both sides of the train/test line.
+        free = [i for i, split in enumerate(self.corpus.splits) if not split]
+        hashed, self.split_groups = split_group_keys(
+            [self.corpus.keys[i] for i in free],
+            self._split_rule,
+            self.source,
+            others=[key for key, _ in self.corpus.skipped],
+        )
+        groups = dict(zip(free, hashed))
+        for i, split in enumerate(self.corpus.splits):
+            indices[split or hash_split(groups[i], self.val_fraction, self.test_fraction)].append(i)
+        self._log_split_groups()
         if not indices["val"]:  # tiny corpora: borrow one training piece so val/loss exists
             indices["val"].append(indices["train"][-1])
         if not indices["test"]:
@@ -246,14 +410,34 @@ class MusicDataModule(L.LightningDataModule):
             "/".join(str(len(self.datasets[s])) for s in ("train", "val", "test")),
         )
 
+    def _log_split_groups(self) -> None:
+        if not self.split_groups:
+            return
+        n_pieces = sum(self.split_groups.values())
+        largest, size = max(self.split_groups.items(), key=lambda g: (g[1], g[0]))
+        log.info(
+            "Split groups (data.split_group=%s): %d groups of versions, %d pieces, each kept in one split",
+            self.split_group,
+            len(self.split_groups),
+            n_pieces,
+        )
+        if size > max(10, len(self.corpus.keys) // 20):
+            log.warning(
+                "Split group %s holds %d pieces: if they are not versions of one piece, set "
+                "data.split_group=none (or a regular expression)",
+                largest,
+                size,
+            )
+
     def data_summary(self) -> dict[str, Any]:
-        """Counts for the run summary: pieces per split and the skipped-file report."""
+        """Counts for the run summary: pieces per split, split groups and the skipped-file report."""
         assert self.corpus is not None, "call setup() first"
         return {
             "data/pieces_train": len(self.split_arrays["train"]),
             "data/pieces_val": len(self.split_arrays["val"]),
             "data/pieces_test": len(self.split_arrays["test"]),
             "data/windows_train": len(self.datasets["train"]),
+            "data/split_groups_merged": len(self.split_groups),
             **{f"data/{k}": v for k, v in self.corpus.skipped_summary().items()},
         }
 

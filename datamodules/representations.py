@@ -329,7 +329,9 @@ class PianoRollRepresentation(Representation, StepGrid, Transposable, CompactSto
             elif mode == "program":
                 out.append(self.pitched_tracks[self._group(track.program)])
             else:
-                out.append(self.pitched_tracks[pitched_index] if pitched_index < len(self.pitched_tracks) else None)
+                out.append(
+                    self.pitched_tracks[pitched_index] if pitched_index < len(self.pitched_tracks) else None
+                )
                 pitched_index += 1
         return out
 

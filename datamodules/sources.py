@@ -18,7 +18,7 @@ import os
 import re
 import zipfile
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,6 +33,97 @@ MIDI_EXTENSIONS = (".mid", ".midi")
 MUSICXML_EXTENSIONS = (".xml", ".mxl", ".musicxml")
 ABC_EXTENSIONS = (".abc",)
 SPLITS = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
+
+
+class DataConfigError(ValueError):
+    """A data setting that cannot work: a missing or empty folder, a negative window.
+
+    Raised before any work is done, with a one-line message that starts with the config key and
+    the value as the user gave it (``data.source.root=/no/such/dir: no such directory ...``).
+    """
+
+
+class UnusableItem(Exception):
+    """Raised by a loader for a piece that is to be skipped with a reason of its own.
+
+    The message is the reason in the cache's skipped-file report, e.g.
+    ``abc: no tune (no X: line)``; other exceptions are reported as ``unreadable: ...``.
+    """
+
+
+def expand_path(path: str | os.PathLike[str]) -> str:
+    """``path`` with ``~`` and ``$VAR`` expanded, as a shell would have done (Hydra does neither)."""
+    return os.path.expandvars(os.path.expanduser(os.fspath(path)))
+
+
+def printable(name: str) -> str:
+    """``name`` unchanged, or, where it holds bytes that are not UTF-8 (a file name from another
+    system), with those bytes written as ``\\xff`` escapes: keys must hash, log and be saved as JSON."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        try:  # os.fsdecode smuggles each undecodable byte in as a lone surrogate: show the byte
+            return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        except UnicodeEncodeError:  # another lone surrogate (from JSON text, say): show the code point
+            return name.encode("utf-8", "backslashreplace").decode("utf-8")
+    return name
+
+
+def _setting(key: str, value: str, typed: str | None) -> str:
+    """``key=value`` as the user typed it, with what it expanded to when that differs."""
+    if typed is None or typed == value:
+        return f"{key}={printable(value)}"
+    return f"{key}={printable(typed)} (= {printable(value)})"
+
+
+def _unset_variables(typed: str | None) -> list[str]:
+    names = re.findall(r"\$(?:\{(\w+)\}|(\w+))", typed or "")
+    return [f"${a or b}" for a, b in names if (a or b) not in os.environ]
+
+
+def check_root(
+    root: str,
+    extensions: tuple[str, ...],
+    key: str = "data.source.root",
+    typed: str | None = None,
+    example: str = "/path/to/your/midi",
+) -> None:
+    """Raise `DataConfigError` unless ``root`` is a readable folder with at least one file with one of
+    ``extensions`` in or below it. Cheap: the walk stops at the first such file."""
+    shown = _setting(key, root, typed)
+    fix = f"set {key}={example}"
+    try:
+        os.stat(root)
+    except PermissionError:
+        raise DataConfigError(f"{shown}: cannot read it (permission denied)") from None
+    except OSError:
+        unset = _unset_variables(typed)
+        why = f"no such directory ({', '.join(unset)} not set)" if unset else "no such directory"
+        raise DataConfigError(f"{shown}: {why} ({fix})") from None
+    if not os.path.isdir(root):
+        raise DataConfigError(f"{shown}: not a directory ({key} is the folder that holds the files)")
+    try:
+        found = next(walk_files(root, extensions), None)
+    except PermissionError:
+        raise DataConfigError(f"{shown}: cannot read it (permission denied)") from None
+    if found is None:
+        raise DataConfigError(f"{shown}: no music files ({', '.join(extensions)}) in it or below it")
+
+
+def check_download_root(root: str, key: str = "data.source.root", typed: str | None = None) -> None:
+    """Raise `DataConfigError` unless ``root`` is a folder, or can be created, to download into."""
+    shown = _setting(key, root, typed)
+    if os.path.isdir(root):
+        return  # muspy skips a finished download, and says so when it cannot write the archive
+    if os.path.exists(root):
+        raise DataConfigError(f"{shown}: not a directory, so nothing can be downloaded into it")
+    existing = root
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "."
+    if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+        raise DataConfigError(f"{shown}: cannot write to {printable(existing)} to download into it")
 
 
 @dataclass(frozen=True)
@@ -55,9 +146,18 @@ class Source(ABC):
     def prepare(self) -> None:  # noqa: B027 - optional hook
         """Download or check the data (called once, on rank 0, before `items`)."""
 
+    def check(self) -> None:  # noqa: B027 - optional hook
+        """Fail early and cheaply on settings that cannot work (a missing, empty or unreadable root),
+        with a `DataConfigError` that names the config key; called before a model is built."""
+
     @abstractmethod
     def items(self) -> list[SourceItem]:
         """All pieces, in a deterministic order."""
+
+    def split_group(self, key: str) -> str | None:
+        """The group of the piece ``key`` when this dataset knows which pieces are versions of one
+        (the split keeps a group together), or ``None`` to leave it to the generic rules."""
+        return None
 
     def fingerprint(self) -> dict[str, Any]:
         """What identifies this source's content in the cache key."""
@@ -155,21 +255,50 @@ def split_abc_tunes(text: str) -> list[tuple[int, str]]:
     return tunes
 
 
-@loader("abc")
-def _load_abc(item: SourceItem) -> NoteTable:
+def parse_abc_tune(item: SourceItem) -> muspy.Music:
+    """One ABC tune (the item's text, or tune ``index`` of its file) through music21 and muspy.
+
+    music21 reports a broken tune with whatever error its parser hits (an unclosed chord gives
+    ``ValueError: substring not found``), so any error of the parse is reported as an ABC syntax
+    error in that tune (an `UnusableItem`).
+    """
     import music21
 
     text = item.payload
     if text is None:
         tunes = split_abc_tunes(Path(item.path).read_text(encoding="utf-8", errors="replace"))
         text = tunes[item.index][1]
-    score = music21.converter.parse(text, format="abc", forceSource=True)
-    return NoteTable.from_music(muspy.from_music21(score))
+    number = re.match(r"X:\s*(\d+)", text)
+    tune = f"tune X:{number.group(1) if number else item.index + 1}"
+    try:
+        score = music21.converter.parse(text, format="abc", forceSource=True)
+    except Exception as exc:
+        raise UnusableItem(f"abc: syntax error in {tune}: {type(exc).__name__}: {exc}") from exc
+    try:
+        return muspy.from_music21(score)
+    except Exception as exc:
+        raise UnusableItem(f"abc: cannot convert {tune}: {type(exc).__name__}: {exc}") from exc
+
+
+@loader("abc")
+def _load_abc(item: SourceItem) -> NoteTable:
+    return NoteTable.from_music(parse_abc_tune(item))
+
+
+@loader("abc_no_tune")
+def _load_abc_no_tune(item: SourceItem) -> NoteTable:
+    raise UnusableItem("abc: no tune (no X: line)")
 
 
 def abc_items(path: Path, key_prefix: str, split: str | None = None) -> list[SourceItem]:
-    """One item per tune of an ABC file (the tune text travels with the item)."""
+    """One item per tune of an ABC file (the tune text travels with the item).
+
+    A file with no tune (no ``X:`` line) gives one item that the cache skips and reports, so a
+    file that is silently ignored cannot hide a folder of mislabelled files.
+    """
     tunes = split_abc_tunes(path.read_text(encoding="utf-8", errors="replace"))
+    if not tunes:
+        return [SourceItem(key_prefix, "abc_no_tune", str(path), 0, split)]
     return [
         SourceItem(f"{key_prefix}#{i}:X{number}", "abc", str(path), i, split, text)
         for i, (number, text) in enumerate(tunes)
@@ -180,7 +309,7 @@ def file_items(root: Path, files: list[Path], split: str | None = None) -> list[
     """Items for a list of files under ``root``, choosing the loader from the extension."""
     items: list[SourceItem] = []
     for path in files:
-        name, key = str(path), relative_key(path, root)
+        name, key = str(path), printable(relative_key(path, root))
         suffix = os.path.splitext(name)[1].lower()
         if suffix in MIDI_EXTENSIONS:
             items.append(SourceItem(key, "midi", name, split=split))
@@ -199,16 +328,16 @@ def relative_key(path: Path, root: Path) -> str:
     return key.replace(os.sep, "/")
 
 
-def scan_files(
-    root: Path, extensions: tuple[str, ...], stat: bool = True
-) -> list[tuple[Path, os.stat_result | None]]:
-    """Files under ``root`` with one of ``extensions`` (case-insensitive) and their stat, sorted by
-    relative path; hidden files and folders are skipped.
+def walk_files(
+    root: str | Path, extensions: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], os.DirEntry]]:
+    """``(relative parts, directory entry)`` of the files under ``root`` with one of ``extensions``
+    (case-insensitive), in no particular order; hidden files and folders are skipped.
 
-    One `os.scandir` walk: a directory entry already says whether it is a file, so the only system
-    call per file is the stat the fingerprint needs (Lakh has 176k files); ``stat=False`` skips it.
+    One `os.scandir` walk: a directory entry already says whether it is a file. A sub-folder that
+    cannot be read is skipped with a warning (one locked folder must not stop a run over a whole
+    collection); an unreadable ``root`` raises `PermissionError`.
     """
-    found: list[tuple[tuple[str, ...], Path, os.stat_result | None]] = []
     stack: list[tuple[str, tuple[str, ...]]] = [(str(root), ())]
     seen: set[str] = set()  # symlinked folders are followed, once each (a link loop must not hang)
     while stack:
@@ -216,14 +345,36 @@ def scan_files(
         if (real := os.path.realpath(folder)) in seen:
             continue
         seen.add(real)
-        with os.scandir(folder) as entries:
+        try:
+            entries = os.scandir(folder)
+        except OSError as exc:
+            if not parts:
+                raise
+            log.warning("cannot read folder %s (%s): skipped", printable(folder), exc.strerror)
+            continue
+        with entries:
             for entry in entries:
                 if entry.name.startswith("."):
                     continue
                 if entry.is_dir():
                     stack.append((entry.path, (*parts, entry.name)))
                 elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
-                    found.append(((*parts, entry.name), Path(entry.path), entry.stat() if stat else None))
+                    yield (*parts, entry.name), entry
+
+
+def scan_files(
+    root: Path, extensions: tuple[str, ...], stat: bool = True
+) -> list[tuple[Path, os.stat_result | None]]:
+    """Files under ``root`` with one of ``extensions`` (case-insensitive) and their stat, sorted by
+    relative path; hidden files and folders are skipped.
+
+    The only system call per file is the stat the fingerprint needs (Lakh has 176k files);
+    ``stat=False`` skips it.
+    """
+    found = [
+        (parts, Path(entry.path), entry.stat() if stat else None)
+        for parts, entry in walk_files(root, extensions)
+    ]
     found.sort(key=lambda f: f[0])
     return [(path, stat) for _, path, stat in found]
 
@@ -235,10 +386,11 @@ def list_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
 
 def ensure_muspy_success(root: str | Path) -> Path:
     """Mark a local dataset folder as complete so muspy opens it with ``download_and_extract=False``."""
-    root = Path(root).expanduser()
+    root = Path(expand_path(root))
     if not root.is_dir():
-        raise FileNotFoundError(
-            f"dataset root {root} does not exist (set data.source.root=... or data.source.download=true)"
+        raise DataConfigError(
+            f"data.source.root={printable(str(root))}: no such directory "
+            "(set data.source.root=/path/to/the/dataset or data.source.download=true)"
         )
     (root / ".muspy.success").touch(exist_ok=True)
     return root
@@ -284,20 +436,22 @@ class FolderSource(Source):
         root: str,
         extensions: tuple[str, ...] | list[str] = MIDI_EXTENSIONS + ABC_EXTENSIONS + MUSICXML_EXTENSIONS,
     ) -> None:
-        self.root = str(Path(root).expanduser())
+        self._typed_root = str(root)
+        self.root = expand_path(root)
         self.extensions = tuple(e.lower() for e in extensions)
 
+    def check(self) -> None:
+        """A missing, unreadable or empty ``root`` raises `DataConfigError` naming ``data.source.root``."""
+        check_root(self.root, self.extensions, typed=self._typed_root)
+
     def items(self) -> list[SourceItem]:
+        self.check()
         root = Path(self.root)
-        if not root.is_dir():
-            raise FileNotFoundError(f"data.root={self.root} is not a directory")
-        items = file_items(root, list_files(root, self.extensions))
-        if not items:
-            raise FileNotFoundError(f"no music files ({', '.join(self.extensions)}) under {self.root}")
-        return items
+        return file_items(root, list_files(root, self.extensions))
 
     def fingerprint(self) -> dict[str, Any]:
         # Content changes (a file added, replaced or touched) must invalidate the cache.
+        self.check()
         root = Path(self.root)
         return {
             "name": self.name,
@@ -341,9 +495,31 @@ class BoulangerSource(Source):
     SPLIT_KEYS: ClassVar[dict[str, str]] = {"traindata": "train", "validdata": "val", "testdata": "test"}
 
     def __init__(self, path: str) -> None:
-        self.path = str(Path(path).expanduser())
+        self._typed_path = str(path)
+        self.path = expand_path(path)
+
+    def check(self) -> None:
+        """A missing, unreadable or empty ``.mat`` file raises `DataConfigError` naming ``data.source.path``."""
+        shown = _setting("data.source.path", self.path, self._typed_path)
+        try:
+            size = os.stat(self.path).st_size
+        except PermissionError:
+            raise DataConfigError(f"{shown}: cannot read it (permission denied)") from None
+        except OSError:
+            unset = _unset_variables(self._typed_path)
+            why = f"no such file ({', '.join(unset)} not set)" if unset else "no such file"
+            raise DataConfigError(
+                f"{shown}: {why} (set data.source.path=/path/to/JSB_Chorales.mat)"
+            ) from None
+        if os.path.isdir(self.path):
+            raise DataConfigError(f"{shown}: a directory, not a .mat file (e.g. .../JSB_Chorales.mat)")
+        if not os.access(self.path, os.R_OK):
+            raise DataConfigError(f"{shown}: cannot read it (permission denied)")
+        if size == 0:
+            raise DataConfigError(f"{shown}: an empty file, not a Boulanger piano-roll .mat file")
 
     def items(self) -> list[SourceItem]:
+        self.check()
         rolls = load_boulanger(self.path)
         return [
             SourceItem(f"{Path(self.path).stem}/{split}/{i:04d}", "boulanger", self.path, i, split, roll)
@@ -352,6 +528,7 @@ class BoulangerSource(Source):
         ]
 
     def fingerprint(self) -> dict[str, Any]:
+        self.check()
         digest = hashlib.sha1(Path(self.path).read_bytes()).hexdigest()
         return {"name": self.name, "path": self.path, "sha1": digest}
 
@@ -360,13 +537,20 @@ def load_boulanger(path: str | Path) -> dict[str, list[np.ndarray]]:
     """Read a Boulanger ``.mat`` file into ``{"train"|"val"|"test": [(frames, 88) bool arrays]}``."""
     from scipy.io import loadmat
 
-    path = Path(path).expanduser()
+    path = Path(expand_path(path))
+    shown = f"data.source.path={printable(str(path))}"
     if not path.is_file():
-        raise FileNotFoundError(f"Boulanger .mat file not found: {path}")
-    mat = loadmat(str(path))
+        raise DataConfigError(f"{shown}: no such file (set data.source.path=/path/to/JSB_Chorales.mat)")
+    try:
+        mat = loadmat(str(path))
+    except Exception as exc:
+        message = " ".join(str(exc).split())
+        raise DataConfigError(
+            f"{shown}: not a readable MATLAB .mat file ({type(exc).__name__}: {message})"
+        ) from exc
     missing = [k for k in BoulangerSource.SPLIT_KEYS if k not in mat]
     if missing:
-        raise KeyError(f"{path} lacks {missing}: not a Boulanger piano-roll .mat file")
+        raise DataConfigError(f"{shown}: not a Boulanger piano-roll .mat file (no {', '.join(missing)})")
     out: dict[str, list[np.ndarray]] = {}
     for key, split in BoulangerSource.SPLIT_KEYS.items():
         seqs = mat[key].reshape(-1)
@@ -380,16 +564,16 @@ def load_boulanger(path: str | Path) -> dict[str, list[np.ndarray]]:
 # split by `split_abc_tunes` and MIDI is parsed by symusic.
 
 
-log = logging.getLogger(__name__)
-
-
 def files_digest(root: Path, extensions: tuple[str, ...]) -> str:
     """Hash of the relative path, size and modification time of the files `scan_files` lists:
     changes when content does."""
     files = scan_files(root, extensions)
     digest = hashlib.sha1()
     for path, stat in files:
-        digest.update(f"{relative_key(path, root)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        # fsencode: a file name that is not UTF-8 is hashed as its bytes (str.encode would refuse it).
+        digest.update(
+            os.fsencode(relative_key(path, root)) + f":{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+        )
     return digest.hexdigest()
 
 
@@ -405,9 +589,12 @@ class MuspyDatasetSource(Source):
 
     name = "muspy"
     extensions: tuple[str, ...] = MIDI_EXTENSIONS
+    # The files that are the music (MAESTRO's CSV is listed, but a folder of CSVs alone is empty).
+    music_extensions: tuple[str, ...] | None = None
 
     def __init__(self, root: str, download: bool = False) -> None:
-        self.root = str(Path(root).expanduser())
+        self._typed_root = str(root)
+        self.root = expand_path(root)
         self.download = bool(download)
         self._prepared = False
 
@@ -415,24 +602,28 @@ class MuspyDatasetSource(Source):
         """The muspy class that knows this dataset's download URL and checksum."""
         raise NotImplementedError
 
-    def _check_root(self) -> Path:
-        root = Path(self.root)
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"{self.name} dataset root {self.root} does not exist or is not a directory: point "
-                "data.source.root at a local copy or set data.source.download=true"
-            )
-        return root
+    def check(self) -> None:
+        """A missing, unreadable or empty ``root`` raises `DataConfigError` naming ``data.source.root``;
+        with ``download=True`` only a root that cannot be downloaded into does."""
+        if self.download:  # the files come later; an empty folder is where they will go
+            check_download_root(self.root, typed=self._typed_root)
+            return
+        check_root(
+            self.root,
+            self.music_extensions or self.extensions,
+            typed=self._typed_root,
+            example=f"/path/to/{self.name} or data.source.download=true",
+        )
 
     def prepare(self) -> None:
         """Download (``download=True``) or check the local folder, through the muspy dataset class."""
         if self._prepared:
             return
         root = Path(self.root)
+        self.check()
         if self.download:
             root.mkdir(parents=True, exist_ok=True)  # muspy creates only the last level
         else:
-            self._check_root()
             try:
                 ensure_muspy_success(root)
             except OSError as exc:
@@ -453,9 +644,8 @@ class MuspyDatasetSource(Source):
         self.prepare()
         files = list_files(Path(self.root), self.extensions)
         if not files:
-            raise FileNotFoundError(
-                f"no {'/'.join(self.extensions)} files under {self.root} (the {self.name} dataset root)"
-            )
+            shown = _setting("data.source.root", self.root, self._typed_root)
+            raise DataConfigError(f"{shown}: no {', '.join(self.extensions)} files in it or below it")
         return files
 
     def fingerprint(self) -> dict[str, Any]:
@@ -463,8 +653,7 @@ class MuspyDatasetSource(Source):
         # hashes the real files and the next run finds the same cache.
         if self.download:
             self.prepare()
-        else:
-            self._check_root()
+        self.check()
         root = Path(self.root)
         return {
             "name": self.name,
@@ -546,20 +735,15 @@ class NottinghamSource(MuspyDatasetSource):
 
     def items(self) -> list[SourceItem]:
         root = Path(self.root)
-        items = [item for path in self.files() for item in abc_items(path, path.relative_to(root).as_posix())]
-        return [replace(item, loader="abc_chords") for item in items] if self.chords else items
+        items = [
+            item for path in self.files() for item in abc_items(path, printable(relative_key(path, root)))
+        ]
+        if self.chords:
+            items = [replace(item, loader="abc_chords") if item.loader == "abc" else item for item in items]
+        return items
 
     def _settings(self) -> dict[str, Any]:
         return {"chords": self.chords}
-
-
-def _parse_abc(item: SourceItem) -> muspy.Music:
-    import music21
-
-    text = item.payload
-    if text is None:
-        text = split_abc_tunes(Path(item.path).read_text(encoding="utf-8", errors="replace"))[item.index][1]
-    return muspy.from_music21(music21.converter.parse(text, format="abc", forceSource=True))
 
 
 @loader("abc_chords")
@@ -570,7 +754,7 @@ def _load_abc_with_chords(item: SourceItem) -> NoteTable:
     and `NoteTable.from_music` ignores chords, so both are rebuilt here: a chord with a duration is
     a chord written in the melody (``[ceg]``) and joins it; a chord symbol sounds until the next one.
     """
-    music = _parse_abc(item)
+    music = parse_abc_tune(item)
     table = NoteTable.from_music(music)
     written, symbols = [], []
     for track in music.tracks:
@@ -711,67 +895,126 @@ class JSBSource(MuspyDatasetSource):
       per step, or ``jsb-chorales-{16th,8th,quarter}.json`` with chord lists).
 
     Every piece has four tracks named soprano, alto, tenor and bass: the real voices where the data
-    has them (``Jsb16thSeparated``), otherwise voices by pitch rank (see `voices_by_rank`). If a
-    folder holds several forms, each is read (the same chorale then appears once per form).
+    has them (``Jsb16thSeparated``), otherwise voices by pitch rank (see `voices_by_rank`). A folder
+    that holds several forms of the chorales is read in one of them, so no chorale is counted (or
+    split) twice: ``format="auto"`` takes JSON with real voices if there is one, else the MIDI files,
+    else the finest chord-list JSON; ``"midi"`` and ``"json"`` choose.
 
     Args:
         root: the dataset folder, or where to download it.
         download: download the MIDI form with muspy.
         steps_per_quarter: time steps per quarter note of the JSON files; ``None`` reads it from the
             file name (``16th`` = 4, ``8th`` = 2, ``quarter`` = 1).
+        format: ``auto``, ``midi`` or ``json``: which form to read when the folder holds both.
     """
 
     name = "jsb"
     extensions = (*MIDI_EXTENSIONS, ".json")
     STEPS_IN_NAME: ClassVar[dict[str, int]] = {"16th": 4, "8th": 2, "quarter": 1}
+    FORMATS = ("auto", "midi", "json")
 
-    def __init__(self, root: str, download: bool = False, steps_per_quarter: int | None = None) -> None:
+    def __init__(
+        self, root: str, download: bool = False, steps_per_quarter: int | None = None, format: str = "auto"
+    ) -> None:
+        if format not in self.FORMATS:
+            raise DataConfigError(f"data.source.format={format}: must be one of {', '.join(self.FORMATS)}")
         super().__init__(root, download)
         self.steps_per_quarter = steps_per_quarter
+        self.format = format
 
     def dataset_class(self) -> type[muspy.RemoteDataset]:
         return muspy.JSBChoralesDataset
 
-    def _steps_per_quarter(self, path: Path) -> int:
+    def _steps_in_name(self, path: Path) -> int | None:
         if self.steps_per_quarter:
             return int(self.steps_per_quarter)
-        for word, steps in self.STEPS_IN_NAME.items():
-            if word in path.name.lower():
-                return steps
-        raise ValueError(
-            f"cannot tell the time resolution of {path} from its name: set data.source.steps_per_quarter"
+        return next((steps for word, steps in self.STEPS_IN_NAME.items() if word in path.name.lower()), None)
+
+    def _steps_per_quarter(self, path: Path) -> int:
+        steps = self._steps_in_name(path)
+        if steps is None:
+            raise DataConfigError(
+                f"data.source.steps_per_quarter=null: cannot tell the time resolution of {printable(path.name)} "
+                "from its name (set data.source.steps_per_quarter=4 for 16th notes)"
+            )
+        return steps
+
+    @staticmethod
+    def has_voices(data: dict[str, Any]) -> bool:
+        """Whether JSON chorales are voice-separated: exactly four pitches (or rests) in every step."""
+        chorales = [c for name in JSB_SPLITS for c in data.get(name, [])]
+        return bool(chorales) and all(
+            isinstance(step, list) and len(step) == 4 for chorale in chorales for step in chorale
         )
+
+    def _json_forms(self, files: list[Path]) -> list[tuple[Path, dict[str, Any]]]:
+        """The JSON files that hold chorales (``train``/``valid``/``test`` keys)."""
+        root, forms = Path(self.root), []
+        for path in files:
+            if path.suffix.lower() != ".json" or relative_key(path, root).startswith("_converted/"):
+                continue  # muspy's own converted copies are skipped too
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and set(JSB_SPLITS) & set(data):
+                forms.append((path, data))
+        return forms
+
+    def _choose(
+        self, midi: list[Path], forms: list[tuple[Path, dict[str, Any]]]
+    ) -> tuple[Path, dict[str, Any]] | None:
+        """The JSON form to read, or ``None`` for the MIDI files."""
+        shown = _setting("data.source.root", self.root, self._typed_root)
+        # Real voices first, then the finest time resolution; the name breaks ties.
+        forms = sorted(
+            forms, key=lambda f: (not self.has_voices(f[1]), -(self._steps_in_name(f[0]) or 0), f[0])
+        )
+        if self.format == "midi" or (
+            self.format == "auto" and midi and not (forms and self.has_voices(forms[0][1]))
+        ):
+            if not midi:
+                raise DataConfigError(f"data.source.format=midi: no MIDI files in {shown}")
+            return None
+        if not forms:
+            what = "no JSON file with train/valid/test keys" if self.format == "json" else "no JSB chorales"
+            raise DataConfigError(f"{shown}: {what} (MIDI under train/valid/test, or JSON with those keys)")
+        return forms[0]
 
     def items(self) -> list[SourceItem]:
         root = Path(self.root)
+        files = self.files()
+        midi = [p for p in files if p.suffix.lower() in MIDI_EXTENSIONS]
+        forms = self._json_forms(files)
+        form = self._choose(midi, forms)
         items: list[SourceItem] = []
-        for path in self.files():
-            key = path.relative_to(root).as_posix()
-            if path.suffix.lower() == ".json":
-                if key.startswith("_converted/"):  # muspy's own converted copies
-                    continue
-                data = json.loads(path.read_text(encoding="utf-8"))
-                if not isinstance(data, dict) or not set(JSB_SPLITS) & set(data):
-                    continue
-                steps_per_quarter = self._steps_per_quarter(path)
-                for name, split in JSB_SPLITS.items():
-                    for i, steps in enumerate(data.get(name, [])):
-                        payload = (steps, steps_per_quarter)
-                        items.append(
-                            SourceItem(f"{key}/{name}/{i:04d}", "jsb_steps", str(path), i, split, payload)
-                        )
-            else:
-                folders = [p.lower() for p in path.relative_to(root).parts[:-1]]
+        if form is not None:
+            path, data = form
+            key = printable(relative_key(path, root))
+            steps_per_quarter = self._steps_per_quarter(path)
+            for name, split in JSB_SPLITS.items():
+                for i, steps in enumerate(data.get(name, [])):
+                    payload = (steps, steps_per_quarter)
+                    items.append(
+                        SourceItem(f"{key}/{name}/{i:04d}", "jsb_steps", str(path), i, split, payload)
+                    )
+            what = f"{key} ({'JSON, 4 voices per step' if self.has_voices(data) else 'JSON, chord lists'})"
+        else:
+            for path in midi:
+                key = printable(relative_key(path, root))
+                folders = [p.lower() for p in key.split("/")[:-1]]
                 split = next((JSB_SPLITS[f] for f in reversed(folders) if f in JSB_SPLITS), None)
                 items.append(SourceItem(key, "jsb_midi", str(path), split=split))
-        if not items:
-            raise FileNotFoundError(
-                f"no JSB chorales (MIDI, or JSON with train/valid/test) under {self.root}"
-            )
+            what = f"{len(midi)} MIDI files"
+        ignored = len(forms) - (form is not None) + (len(midi) if form is not None else 0)
+        log.info(
+            "JSB (data.source.format=%s): reading %s, %d chorales%s",
+            self.format,
+            what,
+            len(items),
+            f"; {ignored} other file(s) of the chorales ignored" if ignored else "",
+        )
         return items
 
     def _settings(self) -> dict[str, Any]:
-        return {"steps_per_quarter": self.steps_per_quarter}
+        return {"steps_per_quarter": self.steps_per_quarter, "format": self.format}
 
 
 class LakhSource(MuspyDatasetSource):
@@ -791,7 +1034,7 @@ class LakhSource(MuspyDatasetSource):
 
     def __init__(self, root: str, variant: str = "full", download: bool = False) -> None:
         if variant not in self.VARIANTS:
-            raise ValueError(f"variant must be one of {', '.join(self.VARIANTS)}, not {variant!r}")
+            raise DataConfigError(f"data.source.variant={variant}: must be one of {', '.join(self.VARIANTS)}")
         super().__init__(root, download)
         self.variant = variant
 
@@ -800,6 +1043,14 @@ class LakhSource(MuspyDatasetSource):
 
     def items(self) -> list[SourceItem]:
         return file_items(Path(self.root), self.files())
+
+    def split_group(self, key: str) -> str | None:
+        """In ``matched`` and ``aligned`` each Million Song Dataset track folder (``TR`` + 16
+        characters) holds the MIDI files matched to one song: versions of one piece."""
+        folder, _, _ = key.rpartition("/")
+        if self.variant != "full" and re.fullmatch(r"TR[A-Z0-9]{16}", folder.rpartition("/")[2]):
+            return folder
+        return None
 
     def _settings(self) -> dict[str, Any]:
         return {"variant": self.variant}
@@ -816,12 +1067,15 @@ class MaestroSource(MuspyDatasetSource):
 
     name = "maestro"
     extensions = (*MIDI_EXTENSIONS, ".csv")
+    music_extensions = MIDI_EXTENSIONS
     CLASSES: ClassVar[dict[int, str]] = {1: "MAESTRODatasetV1", 2: "MAESTRODatasetV2", 3: "MAESTRODatasetV3"}
     SPLIT_NAMES: ClassVar[dict[str, str]] = {"train": "train", "validation": "val", "test": "test"}
 
     def __init__(self, root: str, version: int = 3, download: bool = False) -> None:
         if int(version) not in self.CLASSES:
-            raise ValueError(f"MAESTRO version must be 1, 2 or 3, not {version!r}")
+            raise DataConfigError(
+                f"data.source.version={version}: must be one of 1, 2, 3 (the MAESTRO version)"
+            )
         super().__init__(root, download)
         self.version = int(version)
 
@@ -847,9 +1101,10 @@ class MaestroSource(MuspyDatasetSource):
         splits = self.official_splits(files)
         midi = [p for p in files if p.suffix.lower() in MIDI_EXTENSIONS]
         if not midi:
-            raise FileNotFoundError(f"no MIDI files under {self.root} (the maestro dataset root)")
+            shown = _setting("data.source.root", self.root, self._typed_root)
+            raise DataConfigError(f"{shown}: no MIDI files (.mid, .midi) in it or below it")
         return [
-            SourceItem(p.relative_to(root).as_posix(), "midi", str(p), split=splits.get(p.resolve()))
+            SourceItem(printable(relative_key(p, root)), "midi", str(p), split=splits.get(p.resolve()))
             for p in midi
         ]
 

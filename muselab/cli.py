@@ -121,7 +121,8 @@ def compose_command(config_name: str, argv: Iterable[str], options_key: str | No
             key, sep, value = arg.partition("=")
             if not sep:
                 raise UserError(f"expected key=value, got {arg!r}")
-            if options_key and key.lstrip("+~").split(".")[0] not in base.keys():
+            # keys(): `in` on a DictConfig is False for a mandatory (???) value such as ckpt.
+            if options_key and key.lstrip("+~").split(".")[0] not in base.keys():  # noqa: SIM118
                 arg = f"+{options_key}.{key.lstrip('+')}={value}"
             overrides.append(arg)
         try:
