@@ -28,6 +28,7 @@ import muspy
 import numpy as np
 
 from datamodules.notes import NoteTable, TrackNotes
+from muselab.errors import UserError
 
 MIDI_EXTENSIONS = (".mid", ".midi")
 MUSICXML_EXTENSIONS = (".xml", ".mxl", ".musicxml")
@@ -37,7 +38,7 @@ SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)
 
 
-class DataConfigError(ValueError):
+class DataConfigError(UserError):
     """A data setting that cannot work: a missing or empty folder, a negative window.
 
     Raised before any work is done, with a one-line message that starts with the config key and

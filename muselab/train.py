@@ -65,6 +65,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     log.info("Instantiating datamodule <%s>", cfg.data._target_)
     datamodule = instantiate_checked(cfg.data)
+    datamodule.check()  # a missing or empty data root fails here, before any model or logger exists
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate_checked(cfg.model, representation=datamodule.representation)
     callbacks = build_callbacks(cfg.get("callbacks"))

@@ -8,12 +8,16 @@ from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
 
+from lightning_modules.base import GenerativeModule, IncompatibleRepresentation
+from muselab.utils import instantiate_checked
 from tests.helpers import CONF_DIR, compose_train
 from tests.helpers import resolved as resolved_config
 
 MODELS = sorted(p.stem for p in Path(CONF_DIR, "model").glob("*.yaml"))
 DATAS = sorted(p.stem for p in Path(CONF_DIR, "data").glob("*.yaml") if not p.stem.startswith("_"))
+REPRESENTATIONS = sorted(p.stem for p in Path(CONF_DIR, "representation").glob("*.yaml"))
 # Values a data config leaves as ??? (a local path the user must give).
 REQUIRED = {"data.source.root": "/tmp/none", "data.source.path": "/tmp/none.mat"}
 
@@ -23,15 +27,47 @@ def fill_required(data: str) -> list[str]:
     return [f"{k}={v}" for k, v in REQUIRED.items() if f"{k.rsplit('.', 1)[-1]}: ???" in text]
 
 
+def model_representation(model: str) -> str:
+    """The representation a model config chooses (`override /representation: ...`)."""
+    text = Path(CONF_DIR, "model", f"{model}.yaml").read_text()
+    return text.split("override /representation:", 1)[1].split()[0]
+
+
 @pytest.mark.parametrize("model", MODELS)
 @pytest.mark.parametrize("data", DATAS)
-def test_every_model_and_data_composes(model: str, data: str, tmp_path: Path) -> None:
+def test_every_model_builds_on_every_data(model: str, data: str, tmp_path: Path) -> None:
+    """Every model x data pair composes, and its representation and model are really built."""
     cfg = compose_train([f"model={model}", f"data={data}", *fill_required(data)], output_dir=tmp_path)
     resolved = resolved_config(cfg)
     assert resolved["model_name"] == model and resolved["data_name"] == data
-    assert resolved["data"]["representation"]["_target_"].startswith("datamodules.representations.")
-    assert resolved["model"]["_target_"].startswith("lightning_modules.")
     assert resolved["logger"]["wandb"]["offline"] is True
+    assert cfg.hydra.runtime.choices.representation == model_representation(model)
+    representation = instantiate(cfg.data.representation, _convert_="all")
+    built = instantiate_checked(cfg.model, representation=representation)
+    assert isinstance(built, GenerativeModule)
+    assert built.representation.to_config() == representation.to_config()
+    assert resolved["callbacks"]["model_checkpoint"]["monitor"] == built.monitor
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("representation", REPRESENTATIONS)
+def test_a_model_over_a_representation_it_cannot_read_fails_clearly(
+    model: str, representation: str, tmp_path: Path
+) -> None:
+    cfg = compose_train([f"model={model}", f"representation={representation}"], output_dir=tmp_path)
+    built = instantiate(cfg.representation, _convert_="all")
+    if representation == model_representation(model):
+        instantiate_checked(cfg.model, representation=built)
+        return
+    with pytest.raises(IncompatibleRepresentation, match=r"needs a .* representation"):
+        instantiate_checked(cfg.model, representation=built)
+
+
+def test_cli_rejects_an_incompatible_representation_in_one_line(tmp_path: Path) -> None:
+    result = run_train_cli("model=pianoroll_rnn", "representation=melody", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "error: PianoRollRNN needs a piano-roll representation" in result.stderr
+    assert "Traceback" not in result.stderr
 
 
 @pytest.mark.parametrize("trainer", ["cpu", "gpu", "ddp", "ddp_cpu", "fsdp"])
