@@ -3,6 +3,7 @@ several optimisers with manual optimisation, and top-k / top-p sampling."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -175,7 +176,7 @@ def test_token_model_continues_a_primer_and_decodes_monophonic_music(
         tokens = representation.encode(music)
         assert tokens[:7].tolist() == [14, 0, 0, 0, 16, 0, 18]
         notes = music.tracks[0].notes
-        assert all(a.time + a.duration <= b.time for a, b in zip(notes, notes[1:]))
+        assert all(a.time + a.duration <= b.time for a, b in itertools.pairwise(notes))
     # From the command line: a pitch-list primer, through a checkpoint, with options.
     ckpt = save_checkpoint(model, tmp_path / "token.ckpt")
     main(
