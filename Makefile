@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -85,6 +85,12 @@ bench: bench-data bench-poly ## All benchmarks (results in docs/benchmarks.md)
 
 bench-data: install ## Preprocessing throughput vs muspy / symusic
 	$(PY) -m muselab.bench.data $(OVERRIDES)
+
+bench-default: install ## The default make train + make evaluate N=16: time, test NLL, overlap, memorisation
+	$(PY) -m muselab.bench.default_run $(OVERRIDES)
+
+bench-denormal: install ## Denormal floats: an Adam step and a long CPU run, flush_denormal on and off
+	$(PY) -m muselab.bench.denormal $(OVERRIDES)
 
 bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boulanger)
 	$(PY) -m muselab.bench.poly $(OVERRIDES)

@@ -66,6 +66,7 @@ class CachedCorpus:
     splits: list[str | None]
     skipped: list[tuple[str, str]] = field(default_factory=list)
     directory: Path | None = None
+    routing: dict[str, Any] = field(default_factory=dict)
 
     def skipped_summary(self, first: int = 5) -> dict[str, Any]:
         """Count of skipped files per reason and the first few file keys."""
@@ -93,10 +94,13 @@ def _hash_config(fingerprint: dict[str, Any], representation_config: dict[str, A
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def process_item(item: SourceItem, representation: Representation, min_steps: int) -> tuple[Any, str]:
+def process_item(
+    item: SourceItem, representation: Representation, min_steps: int, routing: Routing | None = None
+) -> tuple[Any, str]:
     """Load one item and encode it to the representation's compact form.
 
-    Returns ``(compact, "")`` or ``(None, reason)``; never raises on bad input.
+    Returns ``(compact, "")`` or ``(None, reason)``; never raises on bad input. With ``routing``, a
+    kept piece adds how its source tracks were routed (for a representation that reports it).
     """
     try:
         table = load_item(item)
@@ -119,7 +123,46 @@ def process_item(item: SourceItem, representation: Representation, min_steps: in
         return None, "no notes in the representation's tracks and pitch range"
     if (steps := codec.compact_steps(compact)) < min_steps:
         return None, f"too short: {steps} steps < {min_steps}"
+    if routing is not None and hasattr(representation, "routing_report"):
+        routing.add(representation.routing_report(table))
     return compact, ""
+
+
+class Routing:
+    """How source tracks were routed to a representation's tracks, summed over pieces.
+
+    Keyed by ``(source track, output track)`` as `PianoRollRepresentation.routing_report` describes
+    them (``"Piano (program 0)"``, ``2``; ``None``: dropped), each with its pieces and notes.
+    """
+
+    def __init__(self, rows: dict[str, list[int]] | None = None) -> None:
+        self.rows: dict[str, list[int]] = dict(rows or {})
+
+    def add(self, report: list[tuple[str, int | None, int]]) -> None:
+        for source, track, notes in report:
+            row = self.rows.setdefault(json.dumps([source, track]), [0, 0])
+            row[0] += 1
+            row[1] += int(notes)
+
+    def merge(self, other: Routing) -> None:
+        for key, (pieces, notes) in other.rows.items():
+            row = self.rows.setdefault(key, [0, 0])
+            row[0] += pieces
+            row[1] += notes
+
+    def summary(self, first: int = 30) -> dict[str, Any]:
+        """Notes per output track, and the biggest ``first`` source -> track rows."""
+        rows = sorted(
+            ((*json.loads(k), pieces, notes) for k, (pieces, notes) in self.rows.items()), key=lambda r: -r[3]
+        )
+        per_track: dict[str, int] = {}
+        for _, track, _, notes in rows:
+            name = "dropped" if track is None else f"track{track}"
+            per_track[name] = per_track.get(name, 0) + notes
+        return {
+            "notes_per_track": dict(sorted(per_track.items())),
+            "routes": [{"source": s, "track": t, "pieces": p, "notes": n} for s, t, p, n in rows[:first]],
+        }
 
 
 def _one_line(text: str, limit: int) -> str:
@@ -163,10 +206,15 @@ class _ShardMeta:
 
     steps: list[int]
     skipped: list[tuple[str, str]]
+    routing: Routing
 
 
 def _write_shard(
-    path: Path, items: list[SourceItem], results: list[tuple[np.ndarray | None, str]], steps: list[int]
+    path: Path,
+    items: list[SourceItem],
+    results: list[tuple[np.ndarray | None, str]],
+    steps: list[int],
+    routing: Routing | None = None,
 ) -> _ShardMeta:
     """Write the compact forms of the kept ``items`` (concatenated along their first axis) atomically."""
     kept = [(item, compact) for item, (compact, _) in zip(items, results) if compact is not None]
@@ -180,17 +228,19 @@ def _write_shard(
         keys=np.array([item.key for item, _ in kept], dtype=str),
         splits=np.array([item.split or "" for item, _ in kept], dtype=str),
         skipped=np.array(json.dumps(skipped)),
+        routing=np.array(json.dumps((routing or Routing()).rows)),
     )
-    return _ShardMeta(steps, skipped)
+    return _ShardMeta(steps, skipped, routing or Routing())
 
 
 def _build_shard(
     path: Path, items: list[SourceItem], representation: Representation, min_steps: int
 ) -> _ShardMeta:
-    results = [process_item(item, representation, min_steps) for item in items]
+    routing = Routing()
+    results = [process_item(item, representation, min_steps, routing) for item in items]
     codec = compact_codec(representation)
     steps = [codec.compact_steps(compact) for compact, _ in results if compact is not None]
-    return _write_shard(path, items, results, steps)
+    return _write_shard(path, items, results, steps, routing)
 
 
 # (shard index, shard path, its items, representation, min_steps)
@@ -355,7 +405,10 @@ def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _Shard
 def _read_shard_meta(path: Path) -> _ShardMeta:
     # np.load of an .npz reads members lazily: this never touches "data".
     with np.load(path, allow_pickle=False) as f:
-        return _ShardMeta([int(n) for n in f["steps"]], [tuple(s) for s in json.loads(str(f["skipped"]))])
+        routing = Routing(json.loads(str(f["routing"]))) if "routing" in f.files else Routing()
+        return _ShardMeta(
+            [int(n) for n in f["steps"]], [tuple(s) for s in json.loads(str(f["skipped"]))], routing
+        )
 
 
 def _read_shard(path: Path) -> tuple[list[np.ndarray], list[str], list[str | None], list[tuple[str, str]]]:
@@ -437,12 +490,16 @@ def build_cache(
             metas[i] = _read_shard_meta(paths[i])
     steps = [n for i in sorted(metas) for n in metas[i].steps]
     summary = CachedCorpus([], [], [], [s for i in sorted(metas) for s in metas[i].skipped])
+    routing = Routing()
+    for i in sorted(metas):
+        routing.merge(metas[i].routing)
     manifest = {
         "source": fingerprint,
         "representation": representation.to_config(),
         "pieces": len(steps),
         "steps": int(sum(steps)),
         **summary.skipped_summary(first=20),
+        "routing": routing.summary(),
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str))
     return directory
@@ -465,6 +522,8 @@ def load_cache(
             raise ValueError(f"{directory} has no manifest.json to say its representation: pass one")
         representation = build_representation(json.loads(manifest_path.read_text())["representation"])
     corpus = CachedCorpus([], [], [], [], directory)
+    if manifest_path.is_file():
+        corpus.routing = json.loads(manifest_path.read_text()).get("routing", {})
     compacts: list[np.ndarray] = []
     for path in sorted(directory.glob("shard-*.npz")):
         shard_compacts, keys, splits, skipped = _read_shard(path)

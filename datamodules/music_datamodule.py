@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import numbers
 import os
@@ -366,6 +367,7 @@ class MusicDataModule(L.LightningDataModule):
                 summary["skipped_by_reason"],
                 ", ".join(summary["skipped_first"]),
             )
+        self._log_routing()
         pieces = self.corpus.arrays
         indices: dict[str, list[int]] = {s: [] for s in ("train", "val", "test")}
         # Official splits are kept as published; the others are hashed by group, so that versions of
@@ -429,6 +431,28 @@ class MusicDataModule(L.LightningDataModule):
                 size,
             )
 
+    def _log_routing(self) -> None:
+        """Say how the files' tracks were routed, and warn when every note went to one track."""
+        routing = self.corpus.routing if self.corpus is not None else {}
+        per_track = routing.get("notes_per_track", {})
+        if not per_track:
+            return
+        log.info("Track routing, notes per track: %s", ", ".join(f"{k} {v:,}" for k, v in per_track.items()))
+        for route in routing.get("routes", [])[:12]:
+            target = "dropped" if route["track"] is None else f"track{route['track']}"
+            log.info(
+                "  %s -> %s: %d notes in %d pieces", route["source"], target, route["notes"], route["pieces"]
+            )
+        info = self.representation.describe()
+        used = [k for k, v in per_track.items() if k != "dropped" and v > 0]
+        if info.n_tracks > 1 and len(used) == 1:
+            log.warning(
+                "every note went to %s of the %d tracks: check how the data's tracks are routed "
+                "(layout.track_mode, README 'Your own folder')",
+                used[0],
+                info.n_tracks,
+            )
+
     def data_summary(self) -> dict[str, Any]:
         """Counts for the run summary: pieces per split, split groups and the skipped-file report."""
         assert self.corpus is not None, "call setup() first"
@@ -439,6 +463,11 @@ class MusicDataModule(L.LightningDataModule):
             "data/windows_train": len(self.datasets["train"]),
             "data/split_groups_merged": len(self.split_groups),
             **{f"data/{k}": v for k, v in self.corpus.skipped_summary().items()},
+            **{
+                f"data/routing_notes_{k}": v
+                for k, v in self.corpus.routing.get("notes_per_track", {}).items()
+            },
+            "data/routing": json.dumps(self.corpus.routing.get("routes", [])[:12]),
         }
 
     def _loader(self, split: str, sampler: DistributedSampler | None = None) -> DataLoader:
@@ -450,6 +479,9 @@ class MusicDataModule(L.LightningDataModule):
             collate_fn=pad_collate,
             persistent_workers=self.num_workers > 0,
             drop_last=False,
+            # Its own generator: making an iterator draws a worker seed, and from the global generator
+            # that draw would shift the random numbers training sees (a resume could not match).
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def train_dataloader(self) -> DataLoader:

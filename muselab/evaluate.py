@@ -22,14 +22,12 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
 
 from lightning_modules.base import CheckpointError, load_model
 from muselab.cli import compose_command
@@ -38,56 +36,10 @@ from muselab.music.evaluation import MusicReference, music_report, n_bars, write
 from muselab.music.metrics import METRIC_NAMES
 from muselab.music.rendering import resolve_backend
 from muselab.primer import load_primer
+from muselab.runs import find_run_dir, load_run_config
 from muselab.utils import instantiate_checked
 
 log = logging.getLogger("muselab.evaluate")
-HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([^}]+)\}")
-
-
-def find_run_dir(ckpt: str | Path) -> Path | None:
-    """The run directory of a checkpoint: the nearest parent holding ``.hydra/config.yaml``."""
-    for parent in Path(ckpt).resolve().parents:
-        if (parent / ".hydra" / "config.yaml").is_file():
-            return parent
-    return None
-
-
-def load_run_config(run_dir: str | Path) -> DictConfig:
-    """A run's saved Hydra config with every interpolation resolvable outside a Hydra app.
-
-    Hydra saves ``config.yaml`` unresolved: ``${hydra:runtime.choices.data}``,
-    ``${hydra:runtime.cwd}`` and ``${hydra:runtime.output_dir}`` only resolve inside the app that
-    wrote them. They are replaced by their values from ``hydra.yaml`` (saved beside it), without
-    touching Hydra's global state; ``paths.output_dir`` becomes the run directory where it is now
-    (it may have been moved), and a missing ``hydra.yaml`` falls back to the current directory.
-    """
-    run_dir = Path(run_dir).resolve()
-    cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    hydra_file = run_dir / ".hydra" / "hydra.yaml"
-    hydra_cfg = OmegaConf.load(hydra_file).get("hydra", {}) if hydra_file.is_file() else OmegaConf.create()
-    fallbacks = {"runtime.cwd": str(Path.cwd()), "runtime.output_dir": str(run_dir)}
-
-    def hydra_value(match: re.Match) -> str:
-        key = match.group(1).strip()
-        if key == "runtime.output_dir":
-            return str(run_dir)
-        value = OmegaConf.select(hydra_cfg, key, default=None)
-        if value is None:
-            value = fallbacks.get(key, "unknown")
-        return str(value)
-
-    def substitute(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: substitute(v) for k, v in node.items()}
-        if isinstance(node, list):
-            return [substitute(v) for v in node]
-        if isinstance(node, str) and "${hydra:" in node:
-            return HYDRA_INTERPOLATION.sub(hydra_value, node)
-        return node
-
-    container = substitute(OmegaConf.to_container(cfg, resolve=False))
-    container.pop("hydra", None)
-    return OmegaConf.create(container)
 
 
 def _num(value: Any) -> float | None:

@@ -7,7 +7,6 @@ import json
 import math
 import os
 import shutil
-import struct
 import subprocess
 import sys
 import warnings
@@ -28,6 +27,7 @@ from muselab.music import rendering
 from muselab.music.evaluation import loss_gap, music_windows
 from muselab.music.metrics import METRIC_NAMES
 from muselab.music.rendering import pianoroll_image, pitch_name, render_audio, resolve_backend
+from muselab.wandb_offline import read_run
 from tests.conftest import bach_representation
 from tests.helpers import CONF_DIR, compose_train, small_train_overrides
 
@@ -87,50 +87,9 @@ def fit(tmp_path: Path, datamodule, model, callbacks, logger, epochs: int = 2) -
     return trainer
 
 
-def wandb_records(path: Path):
-    """Records of an offline ``run-*.wandb`` file, parsed with wandb's own protobuf ``Record``.
-
-    The file is a LevelDB-style log (wandb's "datastore"): a 7-byte header (``:W&B``, magic,
-    version), then 32 KiB blocks of chunks, each ``crc32 (4) | length (2) | type (1) | data``, where
-    type 1 is a whole record and 2/3/4 the first/middle/last piece of one. wandb 0.31 ships no Python
-    reader for it any more (its Go core writes it), so the framing is read here.
-    """
-    from wandb.proto import wandb_internal_pb2
-
-    data = path.read_bytes()
-    assert data[:4] == b":W&B"
-    block, header, pos, pending = 32768, 7, 7, b""
-    while pos + header <= len(data):
-        left = block - pos % block
-        if left < header:  # the rest of a block too small for a chunk header is padding
-            pos += left
-            continue
-        _crc, length, kind = struct.unpack("<IHB", data[pos : pos + header])
-        if kind == 0 and length == 0:
-            pos += left
-            continue
-        chunk = data[pos + header : pos + header + length]
-        pos += header + length
-        if kind in (1, 2):
-            pending = chunk
-        else:
-            pending += chunk
-        if kind in (1, 4):
-            record = wandb_internal_pb2.Record()
-            record.ParseFromString(pending)
-            yield record
-
-
 def wandb_history(run_dir: Path) -> list[dict]:
     """Every ``history`` row of an offline run, keys joined with ``/`` (media keys are nested)."""
-    [wandb_file] = run_dir.glob("run-*.wandb")
-    rows = []
-    for record in wandb_records(wandb_file):
-        if record.WhichOneof("record_type") == "history":
-            rows.append(
-                {(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in record.history.item}
-            )
-    return rows
+    return read_run(run_dir).history
 
 
 class SilentRNN(PianoRollRNN):

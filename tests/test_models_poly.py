@@ -374,10 +374,14 @@ def test_poly_experiments_build_their_model_and_head(
 
 @pytest.mark.parametrize("model_config", ["pianoroll_rnn", "wavenet"])
 def test_head_is_one_override_away(model_config: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"model={model_config}", "model.head=nade"], output_dir=tmp_path)
+    default = compose_train([f"model={model_config}"], output_dir=tmp_path).model.head
+    other = {"nade": "bernoulli", "bernoulli": "nade"}[default]
+    cfg = compose_train(
+        [f"model={model_config}", f"model.head={other}", "model.head_kwargs={}"], output_dir=tmp_path
+    )
     representation = build_representation(instantiate(cfg.representation, _convert_="all"))
     model = instantiate(cfg.model, representation=representation, _convert_="all")
-    assert isinstance(model.head, NADEHead) and model.units == 4 * 49
+    assert isinstance(model.head, HEADS[other]) and model.units == 4 * 49
 
 
 # --------------------------------------------------------------------------------------------- bench

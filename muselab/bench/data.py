@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from muselab.bench.markdown import cpu_model, replace_section
+from muselab.bench.markdown import cpu_model, git_commit, replace_section, require_committed
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF_DIR = ROOT / "conf"
@@ -59,6 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "bach": True,
     "bach_limit": 0,
     "docs": "docs/benchmarks.md",
+    "allow_dirty": False,
 }
 
 # (GM program, lowest pitch, highest pitch, share of the notes): piano, bass, strings, guitar, flute.
@@ -458,8 +459,8 @@ def render_section(
     lines = [
         SECTION,
         "",
-        f"Command: `{meta['command']}`, i.e. `{meta['python_command']}` (run {meta['date']}; "
-        f"{meta['wall_s']:.0f} s in all).",
+        f"Command: `{meta['command']}`, i.e. `{meta['python_command']}` (run {meta['date']} at commit "
+        f"{meta.get('commit', 'not recorded')}; {meta['wall_s']:.0f} s in all).",
         "",
         f"Machine: `nproc` = {m['nproc']}, CPU {m['cpu']}, {m['platform']}, Python {m['python']}; "
         f"{versions}. Load average (1 min) {meta['load_start']:.1f} at the start and "
@@ -632,6 +633,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     argv = sys.argv[1:] if argv is None else argv
     args = parse_kv_args(argv, DEFAULTS)
+    commit = require_committed(ROOT, args["allow_dirty"]) if args["docs"] else git_commit(ROOT)
     jobs = [int(j) for j in str(args["jobs"]).split(",") if j.strip()]
     start = time.perf_counter()
     load_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
@@ -654,6 +656,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "load_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0,
         "repeats": args["repeats"],
         "notes": NOTES,
+        "commit": commit,
     }
     print(
         f"\nparallel probe: {max(jobs)} processes ran {speedups[0]:.2f}x (start) / {speedups[1]:.2f}x (end) "

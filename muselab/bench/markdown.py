@@ -45,3 +45,32 @@ def replace_section(path: Path, heading: str, body: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(before + body + after)
     os.replace(tmp, path)
+
+
+def git_commit(root: Path) -> str:
+    """The checked-out commit (short hash), with ``+dirty`` when tracked code differs from it."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False).stdout
+
+    commit = git("rev-parse", "--short=10", "HEAD").strip() or "unknown"
+    # Only code and configs count: the docs are what a benchmark writes.
+    changed = [
+        line[3:] for line in git("status", "--porcelain", "--untracked-files=no").splitlines() if line[3:]
+    ]
+    return commit + ("+dirty" if any(not path.startswith("docs/") for path in changed) else "")
+
+
+def require_committed(root: Path, allow_dirty: bool = False) -> str:
+    """The commit a benchmark's figures come from; refuses uncommitted code unless ``allow_dirty``.
+
+    Every figure in docs/benchmarks.md must come from committed code, with the commit beside it.
+    """
+    commit = git_commit(root)
+    if commit.endswith("+dirty") and not allow_dirty:
+        raise SystemExit(
+            "uncommitted changes to tracked code: commit first, so the figures name the code that made "
+            "them (allow_dirty=true runs anyway, and the rows say +dirty)"
+        )
+    return commit

@@ -32,7 +32,7 @@ import torch
 
 from callbacks.poly_nll import poly_nll
 from datamodules.sources import load_boulanger
-from muselab.bench.markdown import cpu_model, read_section, replace_section
+from muselab.bench.markdown import cpu_model, git_commit, read_section, replace_section, require_committed
 
 log = logging.getLogger("muselab.bench.poly")
 
@@ -95,6 +95,7 @@ DEFAULTS: dict[str, Any] = {
     "docs": "docs/benchmarks.md",
     "runs_dir": "outputs/bench-poly",
     "seed": 1234,
+    "allow_dirty": False,
 }
 
 
@@ -273,8 +274,8 @@ def render_section(
     """The whole ``## Polyphonic benchmark`` section (its data kept in a comment, for later merges)."""
     runs = [
         "| set | model | head | params | budget | epochs run (best) | wall | val NLL | test NLL | target "
-        "| best val NLL by minute |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| best val NLL by minute | commit |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         target = TARGETS.get(r["head"], {}).get(r["set"])
@@ -285,7 +286,7 @@ def render_section(
         runs.append(
             f"| {SETS[r['set']][1]} | {r['model']} | {r['head']} | {r['params'] / 1e6:.2f} M | {budget} "
             f"| {r['epochs']} ({r['best_epoch']}) | {r['wall_s'] / 60:.1f} min | {r['val']:.3f} "
-            f"| **{r['test']:.3f}** | {met} | {r.get('trend', '')} |"
+            f"| **{r['test']:.3f}** | {met} | {r.get('trend', '')} | {r.get('commit', 'not recorded')} |"
         )
     # One command per group of rows run with the same settings, rebuilt from the rows themselves.
     groups: dict[tuple, list[str]] = {}
@@ -424,6 +425,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         raise SystemExit(
             f"unknown sets/models {unknown}; sets: {sorted(SETS)}; models: conf/experiment/poly_*.yaml"
         )
+    commit = require_committed(ROOT, args["allow_dirty"]) if args["docs"] else git_commit(ROOT)
     results: list[dict[str, Any]] = []
     sampling: list[dict[str, Any]] = []
     if GlobalHydra.instance().is_initialized():  # e.g. a config composed earlier in this process
@@ -432,7 +434,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if args["train"]:
             for set_name in sets:
                 for model_name in models:
-                    results.append(run_one(set_name, model_name, args, hydra_overrides))
+                    results.append({**run_one(set_name, model_name, args, hydra_overrides), "commit": commit})
                     print_report(results[-1:], [])
         if args["sampling"]:
             threads = torch.get_num_threads()
