@@ -40,6 +40,7 @@ DEFAULTS: dict[str, Any] = {
 def run_variant(overrides: list[str], n: int) -> dict[str, Any]:
     """``make train`` with ``overrides``, then ``make evaluate`` on its best checkpoint."""
     env = {**os.environ, "WANDB_MODE": "offline"}
+    load_start = os.getloadavg()[0]
     start = time.perf_counter()
     train = subprocess.run(["make", "train", *overrides], cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
@@ -67,6 +68,7 @@ def run_variant(overrides: list[str], n: int) -> dict[str, Any]:
     return {
         "overrides": overrides,
         "wall_s": round(wall, 1),
+        "load": [round(load_start, 1), round(os.getloadavg()[0], 1)],
         "threads": threads,
         "epochs": len(val),
         "val": [round(v, 3) for v in val],
@@ -89,13 +91,15 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "(20 epochs, W&B offline, `SampleMusic` every epoch). Mean overlap: the overlapping area of the "
         "samples' and the real test windows' per-piece distributions, averaged over the music metrics "
         "(1: the same distribution). Memorisation: the share of generated 4-bar windows found verbatim in "
-        "the training set, beside the same share for real test music.",
+        "the training set, beside the same share for real test music. Wall times depend on what else ran "
+        "(the load average at the start and end is beside each); the losses and music figures do not.",
         "",
         f"- Command: `{meta['command']}`",
         f"- Machine: {meta['machine']}",
         f"- Updated: {meta['date']}",
         "",
-        "| run | commit | threads | `make train` | best val NLL | test NLL | mean overlap | memorisation (real test music) |",
+        "| run | commit | threads | `make train` (load avg. start, end) | best val NLL | test NLL | mean overlap "
+        "| memorisation (real test music) |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
