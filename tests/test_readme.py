@@ -103,6 +103,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("readme")
     home = root / "home"
     write_midi_files(home / "my_midi")
+    write_midi_files(home / "my midi")  # the README shows how a path with a space is quoted
     (root / "abc").mkdir()
     for i in range(3):
         (root / "abc" / f"tunes{i}.abc").write_text(ABC)
@@ -160,6 +161,10 @@ def test_every_readme_make_command_runs_as_written(world: dict[str, Path], tmp_p
         if words[1] == "train":
             run_dir = tmp_path / f"run{i}"
             words += [*SHORT_RUN, f"paths.cache_dir={cache}", f"hydra.run.dir={run_dir}"]
+            resumed = any(w.startswith("ckpt_path=") for w in words)
+            if resumed:  # one more epoch (two more steps) after the checkpoint's
+                words = [w for w in words if not w.startswith(("trainer.max_epochs=", "+trainer.max_steps="))]
+                words += ["trainer.max_epochs=2", "+trainer.max_steps=4"]
             model = next((w.split("=", 1)[1] for w in words if w.startswith("MODEL=")), "pianoroll_rnn")
             data = next((w.split("=", 1)[1] for w in words if w.startswith("DATA=")), default_data(model))
             if data in ("bach", "essen") and "data.source.limit" not in command:
@@ -182,6 +187,8 @@ def test_every_readme_make_command_runs_as_written(world: dict[str, Path], tmp_p
         ran.append(original)
         if words[1] == "train":
             last = tmp_path / f"run{i}" / "checkpoints" / "last.ckpt"
-            assert last.is_file(), f"{original}: no checkpoint written"
+            assert last.is_file(), f"{original}: no checkpoint written\n{' '.join(words)}\n{result.stderr[-2000:]}"
+            if resumed:
+                assert "Restored all states from the checkpoint" in result.stderr, f"{original}: did not resume"
             checkpoints.setdefault(model, str(last))
     assert len(ran) >= len(commands) // 2, f"only {len(ran)} of {len(commands)} README commands ran"
