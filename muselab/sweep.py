@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import yaml
 from omegaconf import DictConfig, OmegaConf
 
@@ -404,13 +405,20 @@ def suggest(trial: Any, param: Parameter) -> Any:
 
 def make_sampler(spec: SweepSpec, seed: int | None) -> Any:
     """W&B ``bayes`` -> TPE (Optuna's Bayesian sampler), ``random`` -> random, ``grid`` -> grid."""
-    import optuna
 
     if spec.method == "grid":
-        return optuna.samplers.GridSampler({p.name: _choices(p) for p in spec.parameters}, seed=seed)
+        return _AskTellGridSampler({p.name: _choices(p) for p in spec.parameters}, seed=seed)
     if spec.method == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed)
+
+
+class _AskTellGridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its ``study.stop()`` after the last point, which works only
+    inside ``study.optimize``: `run_offline` asks and tells, and checks `is_exhausted` itself."""
+
+    def after_trial(self, study: Any, trial: Any, state: Any, values: Any) -> None:
+        return None
 
 
 def make_pruner(spec: SweepSpec) -> Any:
@@ -420,7 +428,6 @@ def make_pruner(spec: SweepSpec) -> Any:
     brackets from ``min_iter`` (or ``max_iter`` / eta**s) growing by ``eta`` (3): the same as the
     pruner's ``min_resource`` and ``reduction_factor`` with trials reporting at epoch 1, 2, ...
     """
-    import optuna
 
     early = spec.early_terminate
     if not early:
@@ -447,7 +454,6 @@ def _storage(journal: Path) -> Any:
 
 def load_trial(journal: str | Path, study_name: str, trial_id: int, sweep_file: str | Path) -> Any:
     """The running Optuna trial ``trial_id`` of a study, with the sweep's pruner (for a trial process)."""
-    import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = load_sweep(sweep_file)
@@ -528,7 +534,6 @@ def run_offline(
     quiet: bool = False,
 ) -> list[TrialResult]:
     """Run ``trials`` trials of ``spec`` with Optuna, one training process each (see module docstring)."""
-    import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -688,6 +693,7 @@ def main(argv: list[str] | None = None) -> None:
         "--trials", type=int, default=None, help="trials to run (default: run_cap, grid size or 10)"
     )
     parser.add_argument("--seed", type=int, default=None, help="sampler seed (offline)")
+    parser.add_argument("--out", default=None, help="where the study goes (default: outputs/sweeps/<name>)")
     parser.add_argument("overrides", nargs="*", help="Hydra key=value overrides for every trial")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s] %(message)s")
@@ -711,7 +717,7 @@ def main(argv: list[str] | None = None) -> None:
             warnings.warn(
                 "W&B online was asked for but api.wandb.ai is unreachable: sweeping offline", stacklevel=1
             )
-        results = run_offline(spec, trials, extra, seed=args.seed)
+        results = run_offline(spec, trials, extra, out_dir=args.out, seed=args.seed)
         if results and all(r.state == "fail" for r in results):
             raise SystemExit(1)
 
