@@ -13,8 +13,10 @@ from pathlib import Path
 import optuna
 import pytest
 import yaml
+from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
+from lightning_modules.base import GenerativeModule
 from muselab.cli import value_fits
 from muselab.sweep import (
     ARGS_MACRO,
@@ -31,6 +33,7 @@ from muselab.sweep import (
     trial_command,
     wants_online,
 )
+from muselab.utils import instantiate_checked
 from tests.helpers import CONF_DIR
 
 SWEEPS = sorted(p.name for p in SWEEP_DIR.glob("*.yaml"))
@@ -65,6 +68,11 @@ def test_sweep_file_is_valid_for_its_model(name: str) -> None:
         composed = compose_sweep_config(spec, [f"{k}={v}" for k, v in drawn.items()])
         for param in spec.parameters:
             assert OmegaConf.select(composed, param.key) == hydra_value(param.key, drawn[param.name])
+        # The drawn values build the model (a head option the head does not take would fail here).
+        representation = instantiate(composed.data.representation, _convert_="all")
+        assert isinstance(
+            instantiate_checked(composed.model, representation=representation), GenerativeModule
+        )
 
 
 def _write(tmp_path: Path, parameters: dict, method: str = "random", **extra) -> Path:
@@ -223,7 +231,7 @@ def test_offline_sweep_runs_two_trials_that_make_compare_shows(tmp_path: Path, c
         "callbacks.progress_bar=null",
         "callbacks.sample_music.n_samples=1",
         "callbacks.sample_music.length=16",
-        "callbacks.sample_music.n_real=4",
+        "+callbacks.sample_music.n_real=4",
         "callbacks.sample_music.audio_backend=numpy",
         "torch_threads=1",
         f"hydra.run.dir={runs}/${{now:%H-%M-%S}}-${{muselab_pid:}}",
