@@ -38,6 +38,43 @@ def hash_split(key: str, val_fraction: float, test_fraction: float) -> str:
     return "train"
 
 
+class WindowIndex(Sequence[tuple[int, int]]):
+    """``(piece, start step)`` of every window, computed when asked, not stored: a Lakh-sized split has
+    tens of millions of windows, which as a list of tuples would take gigabytes. Per piece it holds
+    its length and the running count of windows.
+
+    Windows start every ``hop`` steps, plus one that ends at the piece's last step when the hops do
+    not reach it (so the tail is covered); ``window=None``: one window per piece, at 0.
+    """
+
+    def __init__(self, lengths: np.ndarray, window: int | None, hop: int | None) -> None:
+        self.window, self.hop = window, hop
+        if window is None:
+            self.last = np.zeros(len(lengths), dtype=np.int64)
+            counts = np.ones(len(lengths), dtype=np.int64)
+        else:
+            self.last = np.maximum(lengths - window, 0)
+            counts = self.last // hop + 1 + (self.last % hop != 0)
+        self.ends = np.cumsum(counts)
+
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if len(self.ends) else 0
+
+    def __getitem__(self, i: int) -> tuple[int, int]:  # type: ignore[override]
+        if not 0 <= i < len(self):
+            raise IndexError(f"window {i} of {len(self)}")
+        piece = int(np.searchsorted(self.ends, i, side="right"))
+        k = i - (int(self.ends[piece - 1]) if piece else 0)
+        if self.window is None:
+            return piece, 0
+        return piece, min(k * self.hop, int(self.last[piece]))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Sequence) and list(self) == list(other)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class WindowDataset(Dataset):
     """Fixed-length windows over encoded pieces, with optional random transposition.
 
@@ -68,17 +105,8 @@ class WindowDataset(Dataset):
         self.transpose = int(transpose)
         self.transposer = representation if isinstance(representation, Transposable) else None
         self.seed = int(seed)
-        self.index: list[tuple[int, int]] = []
-        for piece in range(len(arrays)):
-            if window is None:
-                self.index.append((piece, 0))
-                continue
-            hop = stride or window
-            last = max(piece_steps(arrays, piece) - window, 0)
-            starts = list(range(0, last + 1, hop))
-            if starts[-1] != last:  # cover the tail of the piece too
-                starts.append(last)
-            self.index += [(piece, s) for s in starts]
+        lengths = np.array([piece_steps(arrays, piece) for piece in range(len(arrays))], dtype=np.int64)
+        self.index = WindowIndex(lengths, window, stride or window)
 
     def __len__(self) -> int:
         return len(self.index)
