@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.cache import CachedCorpus, build_cache, load_cache
@@ -524,8 +525,20 @@ class MusicDataModule(L.LightningDataModule):
         )
         return self._loader("train", sampler)
 
+    def _eval_sampler(self, split: str) -> DistributedSampler | None:
+        """Under DDP, each rank evaluates its share of ``split`` once, with no example repeated (the
+        default sampler pads the shares to equal length with repeats, which moves the metrics); the
+        weighted means of `GenerativeModule.log_figures` then equal one process's. A split with fewer
+        windows than ranks keeps the padded sampler: every rank must run at least one batch."""
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1 or len(self.datasets[split]) < trainer.world_size:
+            return None
+        return UnrepeatedDistributedSampler(
+            self.datasets[split], num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader("val", self._eval_sampler("val"))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader("test", self._eval_sampler("test"))
