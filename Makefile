@@ -66,7 +66,7 @@ train: install ## Train: make train MODEL=pianoroll_rnn DATA=bach [hydra overrid
 
 sweep: install ## Sweep: make sweep SWEEP=pianoroll_rnn [TRIALS=N] [overrides]; W&B if online, else Optuna here
 	@test -n "$(SWEEP)" || (echo "usage: make sweep SWEEP=<conf/sweep file> [TRIALS=N] [key=value ...]   (files: $$(ls conf/sweep | sed 's/.yaml//' | tr '\n' ' '))"; exit 2)
-	$(PY) -m muselab.sweep $(call shell_quote,$(SWEEP)) $(if $(TRIALS),--trials $(call shell_quote,$(TRIALS))) $(call arg,DATA,data) $(OVERRIDES)
+	$(PY) -m muselab.sweep $(call shell_quote,$(SWEEP)) $(if $(TRIALS),--trials $(call shell_quote,$(TRIALS))) $(call arg,MODEL,model) $(call arg,DATA,data) $(OVERRIDES)
 
 compare: install ## One HTML page comparing the runs under outputs/ (or RUNS=dir): make compare [OUT=dir]
 	$(PY) -m muselab.compare $(if $(RUNS),$(call shell_quote,$(RUNS))) --out $(call shell_quote,$(or $(OUT),outputs/compare))
