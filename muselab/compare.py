@@ -479,10 +479,10 @@ def compare(roots: list[str | Path], out: str | Path) -> Path:
         )
     records = [read_run_dir(r) for r in runs]
     # A run that stopped before logging anything (a refused resume, a bad setting) has nothing to show.
-    empty = [r for r in records if not (r.curves or r.summary or r.images)]
-    if empty:
-        log.info("Skipped %d run directories with no logs, summary or samples", len(empty))
-    records = [r for r in records if r not in empty]
+    shown = [r for r in records if r.curves or r.summary or r.images]
+    if len(shown) < len(records):
+        log.info("Skipped %d run directories with no logs, summary or samples", len(records) - len(shown))
+    records = shown
     if not records:
         raise UserError(f"no run under {', '.join(map(str, root_paths))} logged anything yet")
     return write_page(records, out_path, root_paths)
