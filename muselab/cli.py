@@ -140,6 +140,11 @@ def compose_command(config_name: str, argv: Iterable[str], options_key: str | No
     return cfg
 
 
+def command_arguments(config_name: str, argv: Iterable[str]) -> dict[str, object]:
+    """`compose_command` as plain keyword arguments for the command's function."""
+    return OmegaConf.to_container(compose_command(config_name, argv), resolve=True)
+
+
 def parse_kv_args(argv: list[str], defaults: dict[str, object]) -> dict[str, object]:
     """Parse a benchmark's ``key=value`` arguments against ``defaults`` (types follow the defaults;
     an unknown key fails and lists the known ones)."""

@@ -30,7 +30,7 @@ from typing import Any
 import lightning as L
 
 from lightning_modules.base import CheckpointError, load_model
-from muselab.cli import compose_command
+from muselab.cli import command_arguments
 from muselab.errors import UserError, report_user_errors
 from muselab.music.evaluation import MusicReference, music_report, n_bars, write_pieces
 from muselab.music.metrics import METRIC_NAMES
@@ -228,11 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     """CLI entry point: ``python -m muselab.evaluate ckpt=PATH [n=16] [out=DIR] [key=value ...]``."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with report_user_errors("muselab.evaluate"):
-        cfg = compose_command("evaluate", sys.argv[1:] if argv is None else argv)
-        args = {k: v for k, v in cfg.items()}
-        args["options"] = dict(cfg.options)
+        args = command_arguments("evaluate", sys.argv[1:] if argv is None else argv)
         report = evaluate(**args)
-    out = Path(cfg.out) if cfg.out else Path(report["run_dir"]) / "evaluation"
+    out = Path(args["out"]) if args["out"] else Path(report["run_dir"]) / "evaluation"
     print(f"test/loss {_fmt(report['metrics'].get('test/loss'))}; report: {out / 'evaluation.md'}")
 
 

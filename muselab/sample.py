@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 
 from lightning_modules.base import load_model
-from muselab.cli import compose_command
+from muselab.cli import command_arguments
 from muselab.errors import report_user_errors
 from muselab.music.evaluation import n_notes, write_midi, write_pieces
 from muselab.primer import load_primer
@@ -43,6 +43,10 @@ def sample(
     """
     L.seed_everything(seed, verbose=False)
     model = load_model(ckpt)
+    if not all(bool(p.isfinite().all()) for p in model.parameters()):
+        log.warning(
+            "%s: the weights are not finite (the run diverged): the samples will be noise or silence", ckpt
+        )
     primer = load_primer(prompt) if prompt else None
     musics = model.sample(n, length, temperature, primer, **(options or {}))
     if render:
@@ -58,12 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     """Command-line entry point (see the module docstring)."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with report_user_errors("muselab.sample"):
-        cfg = compose_command("sample", sys.argv[1:] if argv is None else argv)
-        args = {k: v for k, v in cfg.items()}
-        args["options"] = dict(cfg.options)
+        args = command_arguments("sample", sys.argv[1:] if argv is None else argv)
         paths = sample(**args)
-    extra = " (+ PNG and WAV each)" if cfg.render else ""
-    print(f"wrote {len(paths)} MIDI files{extra} to {cfg.out}")
+    extra = " (+ PNG and WAV each)" if args["render"] else ""
+    print(f"wrote {len(paths)} MIDI files{extra} to {args['out']}")
 
 
 if __name__ == "__main__":

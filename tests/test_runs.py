@@ -99,7 +99,11 @@ def test_resume_refuses_a_changed_setting_and_a_broken_checkpoint(tmp_path: Path
     for name, content in (("empty.ckpt", b""), ("noise.ckpt", os.urandom(300))):
         bad = tmp_path / name
         bad.write_bytes(content)
-        result = cli(*quiet(tmp_path, cache_dir, "logger=none"), f"ckpt_path={bad}")
+        result = cli(
+            *quiet(tmp_path, cache_dir, "logger=none"),
+            f"ckpt_path={bad}",
+            f"hydra.run.dir={tmp_path / ('run-' + name)}",
+        )
         assert result.returncode == 2 and f"{bad}: not a readable checkpoint" in result.stderr
 
 

@@ -78,7 +78,6 @@ def run_variant(overrides: list[str], n: int) -> dict[str, Any]:
         "memorization": metrics.get("overfit/memorization"),
         "data_memorization": metrics.get("data/memorization"),
         "n": n,
-        "params": run.summary.get("model/params"),
     }
 
 
@@ -125,31 +124,35 @@ def render(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def write_docs(path: Path, rows: list[dict[str, Any]], argv: list[str]) -> None:
+    """Write the section: these rows, and the rows of other variants it already held."""
+    kept: list[dict[str, Any]] = []
+    for line in (read_section(path, SECTION) or "").splitlines():
+        if line.startswith(DATA_MARK):
+            kept = json.loads(line[len(DATA_MARK) :].rsplit("-->", 1)[0])
+    ran = {tuple(r["overrides"]) for r in rows}
+    meta = {
+        "command": "make bench-default " + " ".join(argv),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU; shared with other work",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    replace_section(
+        path, SECTION, render([*rows, *(r for r in kept if tuple(r["overrides"]) not in ran)], meta)
+    )
+
+
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_kv_args(argv, DEFAULTS)
     commit = require_committed(ROOT, args["allow_dirty"])
-    rows = []
+    rows: list[dict[str, Any]] = []
     for variant in args["variants"].split(";"):
         overrides = [] if variant.strip() in ("", "default") else variant.split()
         row = {**run_variant(overrides, args["n"]), "commit": commit}
         print(json.dumps(row))
         rows.append(row)
-    if args["docs"]:
-        path = ROOT / args["docs"]
-        old = read_section(path, SECTION) or ""
-        kept = []
-        for line in old.splitlines():
-            if line.startswith(DATA_MARK):
-                kept = json.loads(line[len(DATA_MARK) :].rsplit("-->", 1)[0])
-        ran = {tuple(r["overrides"]) for r in rows}
-        rows = [*rows, *(r for r in kept if tuple(r["overrides"]) not in ran)]
-        meta = {
-            "command": "make bench-default " + " ".join(argv),
-            "machine": f"{cpu_model()}, {os.cpu_count()} cores, no GPU; shared with other work",
-            "date": time.strftime("%Y-%m-%d"),
-        }
-        replace_section(path, SECTION, render(rows, meta))
+        if args["docs"]:  # after every run, so a later failure loses nothing
+            write_docs(ROOT / args["docs"], rows, argv)
     return rows
 
 
