@@ -29,7 +29,6 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     common = [
         *small_train_overrides(root, cache, "n_samples=0", "test=true"),
         "model.head=bernoulli",
-        "~model.head_kwargs.hidden_units",
         "trainer.max_epochs=2",
         "trainer.limit_train_batches=2",
         "callbacks.sample_music.n_samples=2",
