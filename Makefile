@@ -15,7 +15,7 @@ TORCH_INDEX ?=
 # typed, each single-quoted for the shell, so that braces, brackets, commas, $, ~, * and spaces
 # reach Hydra as typed ('model.scheduler={_target_:...,step_size:1}' must not be brace-expanded).
 # make keeps them in MAKEOVERRIDES, last first, with \\, "\ " and $$ escapes, undone here.
-MAKE_VARS := $(ARG_VARS) TORCH_INDEX PYTHON PY
+MAKE_VARS := $(ARG_VARS) TORCH_INDEX PYTHON PY SWEEP TRIALS RUNS
 empty :=
 space := $(empty) $(empty)
 tab := $(shell printf '\t')
@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal clean
+.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -56,8 +56,20 @@ install-audio: ## Optional: Debian's fluidsynth + GM soundfont for audio (a fall
 	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fluidsynth fluid-soundfont-gm >/dev/null); }
 
+install-browser: ## Optional: Debian's chromium, for the headless-browser test of make compare's page
+	@command -v chromium >/dev/null || \
+	  { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null); }
+
 train: install ## Train: make train MODEL=pianoroll_rnn DATA=bach [hydra overrides]
 	$(PY) -m muselab.train $(call arg,MODEL,model) $(call arg,DATA,data) $(OVERRIDES)
+
+sweep: install ## Sweep: make sweep SWEEP=pianoroll_rnn [TRIALS=N] [overrides]; W&B if online, else Optuna here
+	@test -n "$(SWEEP)" || (echo "usage: make sweep SWEEP=<conf/sweep file> [TRIALS=N] [key=value ...]   (files: $$(ls conf/sweep | sed 's/.yaml//' | tr '\n' ' '))"; exit 2)
+	$(PY) -m muselab.sweep $(call shell_quote,$(SWEEP)) $(if $(TRIALS),--trials $(call shell_quote,$(TRIALS))) $(call arg,MODEL,model) $(call arg,DATA,data) $(OVERRIDES)
+
+compare: install ## One HTML page comparing the runs under outputs/ (or RUNS=dir): make compare [OUT=dir]
+	$(PY) -m muselab.compare $(if $(RUNS),$(call shell_quote,$(RUNS))) --out $(call shell_quote,$(or $(OUT),outputs/compare))
 
 sample: install ## Write N samples from a checkpoint: make sample CKPT=path [N=4] [OUT=samples] [PRIMER=tune.mid]
 	@test -n "$(CKPT)" || (echo "usage: make sample CKPT=path/to/last.ckpt [N=4] [OUT=samples] [PRIMER=tune.mid] [option=value ...]"; exit 2)
@@ -94,6 +106,9 @@ bench-denormal: install ## Denormal floats: an Adam step and a long CPU run, flu
 
 bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boulanger)
 	$(PY) -m muselab.bench.poly $(OVERRIDES)
+
+bench-scale: install ## Lakh-scale preprocessing: files/s and peak memory against corpus size, loader windows/s
+	$(PY) -m muselab.bench.scale $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

@@ -7,12 +7,19 @@ a killed run leaves only whole shards and a re-run redoes just the missing ones.
 piece in its representation's compact form (`CompactStorage.encode_compact`: for a piano-roll, its
 quantised notes), expanded when a run loads the cache. Files that cannot be used are skipped and
 counted.
+
+Memory stays bounded whatever the corpus size: the source's items stream in (`Source.iter_items`) and
+are cut into shards as they come, each shard is handed to a process as soon as it is cut, the
+manifest is summed shard by shard, and `load_cache` memory-maps the shards' notes
+(`datamodules.pieces.map_npz_member`) instead of reading them, so a split larger than memory stays on
+disk. What grows with the corpus is a few integers per piece and the piece keys (for the split).
 """
 
 from __future__ import annotations
 
 import gc
 import hashlib
+import itertools
 import json
 import logging
 import multiprocessing as mp
@@ -26,7 +33,7 @@ import time
 import traceback
 import zipfile
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,7 +41,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from datamodules.pieces import CompactPieces
+from datamodules.pieces import CompactPieces, map_npz_member
 from datamodules.representations import Representation, build_representation, compact_codec
 from datamodules.sources import (
     DataConfigError,
@@ -243,8 +250,8 @@ def _build_shard(
     return _write_shard(path, items, results, steps, routing)
 
 
-# (shard index, shard path, its items, representation, min_steps)
-ShardTask = tuple[int, Path, list[SourceItem], Representation, int]
+# (shard index, shard path, its items): the representation and min_steps reach helpers by the fork.
+ShardTask = tuple[int, Path, list[SourceItem]]
 
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
@@ -283,19 +290,14 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _next_task(counter: Any, n_tasks: int, parent: int | None = None) -> int | None:
-    lock = counter.get_lock()
-    # Timed, so that a helper whose parent died holding the lock (kill -9 at the wrong moment)
-    # notices instead of waiting forever.
-    while not lock.acquire(timeout=PARENT_POLL_S):
-        if parent is not None and os.getppid() != parent:
-            raise SystemExit(1)
-    try:
-        k = counter.value
-        counter.value += 1
-    finally:
-        lock.release()
-    return k if k < n_tasks else None
+def _next_task(tasks: Any, parent: int) -> ShardTask | None:
+    """The next task from the parent's queue (None: no more), giving up (exit) once the parent is gone."""
+    while True:
+        try:
+            return tasks.get(timeout=PARENT_POLL_S)
+        except queue.Empty:
+            if os.getppid() != parent:
+                raise SystemExit(1) from None
 
 
 def _put(results: Any, message: Any, parent: int) -> None:
@@ -309,13 +311,15 @@ def _put(results: Any, message: Any, parent: int) -> None:
                 raise SystemExit(1) from None
 
 
-def _shard_process(tasks: list[ShardTask], counter: Any, results: Any, parent: int) -> None:
-    """A forked helper: build shards from the shared task list until none is left, report each.
+def _shard_process(
+    tasks: Any, results: Any, parent: int, representation: Representation, min_steps: int
+) -> None:
+    """A forked helper: build the shards the parent queues until it queues None, report each.
 
     It ends with its parent: SIGTERM on the parent's death (Linux) or a poll of the parent's pid
-    (elsewhere, and whenever the helper waits on a lock or a full queue). It then exits through
-    Python, so that a shard being written removes its temporary file, and does not wait to flush
-    messages that no one will read.
+    (elsewhere, and whenever the helper waits on a queue). It then exits through Python, so that a
+    shard being written removes its temporary file, and does not wait to flush messages that no one
+    will read.
     """
 
     def stop(*_: Any) -> None:
@@ -327,10 +331,10 @@ def _shard_process(tasks: list[ShardTask], counter: Any, results: Any, parent: i
     if not _die_with_parent(parent):
         threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     try:
-        while (k := _next_task(counter, len(tasks), parent)) is not None:
+        while (task := _next_task(tasks, parent)) is not None:
             if os.getppid() != parent:
                 stop()
-            index, path, items, representation, min_steps = tasks[k]
+            index, path, items = task
             _put(results, (index, _build_shard(path, items, representation, min_steps)), parent)
     except SystemExit:
         results.cancel_join_thread()
@@ -341,26 +345,48 @@ def _shard_process(tasks: list[ShardTask], counter: Any, results: Any, parent: i
     _put(results, None, parent)
 
 
-def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _ShardMeta], None]) -> None:
-    """Build every shard of ``tasks`` with this process and ``n_jobs - 1`` forked helpers.
+def _run_shards(
+    tasks: Iterator[ShardTask],
+    n_jobs: int,
+    representation: Representation,
+    min_steps: int,
+    done: Callable[[int, _ShardMeta], None],
+) -> None:
+    """Build every shard of the stream ``tasks`` with this process and ``n_jobs - 1`` forked helpers.
 
-    The processes take shards from one shared counter, so a process that finishes early takes the
-    next shard, and each writes the shards it builds: only a shard's small summary travels back
-    (a pool that sent the encoded pieces back to the parent spent a third of the work pickling them).
-    Forked helpers inherit the task list instead of receiving it, and this process works too, so a
-    2-core machine runs one fork, not a pool of two. ``done(index, meta)`` is called in this process.
-    The results queue is bounded so that a helper's put can time out and check that this process
-    still lives; it holds far more messages than the helpers send while this process builds a shard.
+    This process cuts the stream into tasks and queues each for the helpers; when the queue is full
+    (the helpers are busy) it builds that shard itself, so it works too and a 2-core machine runs one
+    fork, not a pool of two. The queue is short (two tasks a helper), so only a few shards' items
+    are ever in flight, whatever the corpus size. Each process writes the shards it builds: only a
+    shard's small summary travels back (a pool that sent the encoded pieces back to the parent spent a
+    third of the work pickling them). ``done(index, meta)`` is called in this process. The results
+    queue is bounded so that a helper's put can time out and check that this process still lives.
     """
+    if n_jobs <= 1:
+        for index, path, items in tasks:
+            done(index, _build_shard(path, items, representation, min_steps))
+        return
     context = mp.get_context("fork")
-    counter = context.Value("l", 0)
-    n_helpers = min(n_jobs, len(tasks)) - 1
+    n_helpers = n_jobs - 1
+    queued = context.Queue(maxsize=2 * n_helpers)
     results = context.Queue(maxsize=max(64, 8 * n_helpers))
     helpers = [
-        context.Process(target=_shard_process, args=(tasks, counter, results, os.getpid()), daemon=True)
+        context.Process(
+            target=_shard_process,
+            args=(queued, results, os.getpid(), representation, min_steps),
+            daemon=True,
+        )
         for _ in range(n_helpers)
     ]
     finished = 0
+
+    def check_helpers() -> None:
+        dead = [h for h in helpers if h.exitcode not in (None, 0)]
+        if dead:
+            raise RuntimeError(
+                f"a preprocessing process died (exit code {dead[0].exitcode}); the shards "
+                "written so far are kept and a re-run builds the rest"
+            ) from None
 
     def drain(block: bool) -> None:
         nonlocal finished
@@ -368,14 +394,9 @@ def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _Shard
             try:
                 message = results.get(timeout=1.0) if block else results.get_nowait()
             except queue.Empty:
+                check_helpers()
                 if not block:
                     return
-                dead = [h for h in helpers if h.exitcode not in (None, 0)]
-                if dead:
-                    raise RuntimeError(
-                        f"a preprocessing process died (exit code {dead[0].exitcode}); the shards "
-                        "written so far are kept and a re-run builds the rest"
-                    ) from None
                 continue
             if message is None:
                 finished += 1
@@ -387,10 +408,20 @@ def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _Shard
     try:
         for helper in helpers:
             helper.start()
-        while (k := _next_task(counter, len(tasks))) is not None:
-            index, path, items, representation, min_steps = tasks[k]
-            done(index, _build_shard(path, items, representation, min_steps))
+        for index, path, items in tasks:
             drain(block=False)
+            try:
+                queued.put_nowait((index, path, items))
+            except queue.Full:  # every helper is busy: build this one here
+                done(index, _build_shard(path, items, representation, min_steps))
+        for _ in helpers:  # one end marker each, once they have room for it
+            while True:
+                drain(block=False)
+                try:
+                    queued.put(None, timeout=PARENT_POLL_S)
+                    break
+                except queue.Full:
+                    continue
         drain(block=True)
     finally:
         for helper in helpers:
@@ -399,6 +430,8 @@ def _run_shards(tasks: list[ShardTask], n_jobs: int, done: Callable[[int, _Shard
             if finished < len(helpers) and helper.is_alive():
                 helper.terminate()
                 helper.join()
+        queued.cancel_join_thread()  # tasks no helper will read must not hold up this process
+        queued.close()
         results.close()
 
 
@@ -411,16 +444,58 @@ def _read_shard_meta(path: Path) -> _ShardMeta:
         )
 
 
-def _read_shard(path: Path) -> tuple[list[np.ndarray], list[str], list[str | None], list[tuple[str, str]]]:
-    """The compact forms, keys, splits and skipped files of one shard."""
+def _read_shard_index(
+    path: Path,
+) -> tuple[np.ndarray, np.ndarray, list[str], list[str | None], list[tuple[str, str]]]:
+    """A shard's piece row counts, steps, keys, splits and skipped files; not its notes."""
     with np.load(path, allow_pickle=False) as f:
-        data = f["data"]
-        offsets = np.concatenate([[0], np.cumsum(f["rows"])])
-        compacts = [data[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+        rows, steps = f["rows"], f["steps"]
         keys = [str(k) for k in f["keys"]]
         splits = [str(s) or None for s in f["splits"]]
         skipped = [tuple(s) for s in json.loads(str(f["skipped"]))]
-    return compacts, keys, splits, skipped
+    return rows, steps, keys, splits, skipped
+
+
+class _ManifestTotals:
+    """The manifest's figures, summed shard by shard as the shards are done (in any order)."""
+
+    def __init__(self, first: int = 20) -> None:
+        self.first = first
+        self.pieces = 0
+        self.steps = 0
+        self.reasons: Counter[str] = Counter()
+        self.first_skipped: list[tuple[int, int, str, str]] = []  # (shard, position, key, reason)
+        self.routing = Routing()
+
+    def add(self, index: int, meta: _ShardMeta) -> None:
+        self.pieces += len(meta.steps)
+        self.steps += int(sum(meta.steps))
+        self.reasons.update(reason.split(":")[0] for _, reason in meta.skipped)
+        self.first_skipped = sorted(
+            self.first_skipped
+            + [(index, k, key, reason) for k, (key, reason) in enumerate(meta.skipped[: self.first])]
+        )[: self.first]
+        self.routing.merge(meta.routing)
+
+    def skipped_summary(self) -> dict[str, Any]:
+        return {
+            "skipped": sum(self.reasons.values()),
+            "skipped_by_reason": dict(sorted(self.reasons.items())),
+            "skipped_first": [f"{key} ({reason})" for _, _, key, reason in self.first_skipped],
+        }
+
+
+def _chunks(items: Iterator[SourceItem], size: int) -> Iterator[tuple[int, list[SourceItem]]]:
+    """``(shard index, items)`` of consecutive ``size``-item pieces of a stream."""
+    chunk: list[SourceItem] = []
+    index = 0
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield index, chunk
+            index, chunk = index + 1, []
+    if chunk:
+        yield index, chunk
 
 
 def build_cache(
@@ -453,53 +528,57 @@ def build_cache(
             f"({exc.strerror}; set paths.cache_dir=/a/writable/folder)"
         ) from None
     source.prepare()
-    items = source.items()
-    shards = [items[i : i + shard_size] for i in range(0, len(items), shard_size)]
-    paths = [directory / f"shard-{i:05d}.npz" for i in range(len(shards))]
-    todo = [i for i in range(len(shards)) if not paths[i].is_file()]
-    n_todo = sum(len(shards[i]) for i in todo)
-    n_jobs = max(1, min(n_jobs or (os.cpu_count() or 1), len(todo)))
-    if todo:
-        log.info(
-            "Preprocessing %d of %d pieces from %s with %d processes", n_todo, len(items), source.name, n_jobs
-        )
-    bar = tqdm(total=n_todo, desc=f"preprocess {source.name}", unit="piece", disable=not progress or not todo)
+    n_jobs = max(1, n_jobs or (os.cpu_count() or 1))
+    totals = _ManifestTotals()
+    counts = {"todo": 0, "done": 0, "items": 0}
+
+    def todo(chunks: Iterator[tuple[int, list[SourceItem]]]) -> Iterator[ShardTask]:
+        # Shards already on disk (a resumed run) only add their figures, read without their notes.
+        for index, items in chunks:
+            path = directory / f"shard-{index:05d}.npz"
+            counts["items"] += len(items)
+            if path.is_file():
+                counts["done"] += 1
+                totals.add(index, _read_shard_meta(path))
+            else:
+                counts["todo"] += 1
+                yield index, path, items
+
+    # A short look ahead: a corpus of fewer shards than processes forks no more helpers than shards.
+    chunks = _chunks(source.iter_items(), shard_size)
+    tasks = todo(chunks)
+    ahead = list(itertools.islice(tasks, n_jobs))
+    n_jobs = max(1, min(n_jobs, len(ahead)))
+    if ahead:
+        log.info("Preprocessing %s into %s with %d processes", source.name, directory, n_jobs)
+    bar = tqdm(desc=f"preprocess {source.name}", unit="piece", disable=not progress or not ahead)
     # Parsers (music21, muspy's MusicXML reader) allocate many small objects, and every full garbage
     # collection walks all objects alive, which in a process that imported torch and Lightning are
     # hundreds of thousands: freezing them out of the collector made MusicXML loading 3x faster.
     # Freezing before the fork also keeps the workers from touching (and so copying) those pages.
-    froze = bool(todo) and gc.get_freeze_count() == 0
-    metas: dict[int, _ShardMeta] = {}
+    froze = bool(ahead) and gc.get_freeze_count() == 0
 
     def done(index: int, meta: _ShardMeta) -> None:
-        metas[index] = meta
-        bar.update(len(shards[index]))
+        totals.add(index, meta)
+        bar.update(len(meta.steps) + len(meta.skipped))
 
     try:
         if froze:
             gc.freeze()
-        _run_shards([(i, paths[i], shards[i], representation, min_steps) for i in todo], n_jobs, done)
+        _run_shards(itertools.chain(ahead, tasks), n_jobs, representation, min_steps, done)
     finally:
         bar.close()
         if froze:
             gc.unfreeze()
-    # The manifest is summed from shard metadata: shards written now are known, older ones (a resumed
-    # run) are read without their data, so finishing never decodes the whole corpus again.
-    for i in range(len(shards)):
-        if i not in metas:
-            metas[i] = _read_shard_meta(paths[i])
-    steps = [n for i in sorted(metas) for n in metas[i].steps]
-    summary = CachedCorpus([], [], [], [s for i in sorted(metas) for s in metas[i].skipped])
-    routing = Routing()
-    for i in sorted(metas):
-        routing.merge(metas[i].routing)
+    if counts["done"] and counts["todo"]:
+        log.info("Resumed: %d shards were already built, %d built now", counts["done"], counts["todo"])
     manifest = {
         "source": fingerprint,
         "representation": representation.to_config(),
-        "pieces": len(steps),
-        "steps": int(sum(steps)),
-        **summary.skipped_summary(first=20),
-        "routing": routing.summary(),
+        "pieces": totals.pieces,
+        "steps": totals.steps,
+        **totals.skipped_summary(),
+        "routing": totals.routing.summary(),
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2, default=str))
     return directory
@@ -524,12 +603,18 @@ def load_cache(
     corpus = CachedCorpus([], [], [], [], directory)
     if manifest_path.is_file():
         corpus.routing = json.loads(manifest_path.read_text()).get("routing", {})
-    compacts: list[np.ndarray] = []
+    blocks, sources, rows, steps = [], [], [], []
     for path in sorted(directory.glob("shard-*.npz")):
-        shard_compacts, keys, splits, skipped = _read_shard(path)
-        compacts += shard_compacts
+        shard_rows, shard_steps, keys, splits, skipped = _read_shard_index(path)
+        if len(keys):
+            # The notes stay in the file, mapped: pages are read when a window needs them.
+            blocks.append(map_npz_member(path, "data"))
+            sources.append((str(path), "data"))
+            rows.append(shard_rows)
+            steps.append(shard_steps)
         corpus.keys += keys
         corpus.splits += splits
         corpus.skipped += skipped
-    corpus.arrays = CompactPieces(compacts, representation)
+    all_steps = np.concatenate(steps) if steps else np.zeros(0, dtype=np.int64)
+    corpus.arrays = CompactPieces.from_blocks(blocks, rows, representation, all_steps, sources)
     return corpus

@@ -155,6 +155,11 @@ class Source(ABC):
     def items(self) -> list[SourceItem]:
         """All pieces, in a deterministic order."""
 
+    def iter_items(self) -> Iterator[SourceItem]:
+        """`items`, in the same order, as a stream: a source of many files overrides it so that
+        preprocessing never holds the whole list (`datamodules.cache.build_cache` reads this)."""
+        yield from self.items()
+
     def split_group(self, key: str) -> str | None:
         """The group of the piece ``key`` when this dataset knows which pieces are versions of one
         (the split keeps a group together), or ``None`` to leave it to the generic rules."""
@@ -363,26 +368,65 @@ def walk_files(
                     yield (*parts, entry.name), entry
 
 
+def walk_sorted(root: str | Path, extensions: tuple[str, ...]) -> Iterator[os.DirEntry]:
+    """The files under ``root`` with one of ``extensions`` (case-insensitive), in the order of their
+    relative paths' parts, as they are found: only the entries of the folders being walked are held,
+    never the whole list (Lakh has 176k files). Hidden files and folders are skipped; symlinked
+    folders are followed once; an unreadable sub-folder is skipped with a warning, an unreadable
+    ``root`` raises `PermissionError` (as `walk_files`).
+
+    Sorting each folder's entries by name and descending into a folder where its name sorts gives
+    exactly the order of sorting the relative paths' parts.
+    """
+    seen: set[str] = set()
+
+    def entries(folder: str, top: bool) -> Iterator[os.DirEntry]:
+        if (real := os.path.realpath(folder)) in seen:
+            return iter(())
+        seen.add(real)
+        try:
+            with os.scandir(folder) as listing:
+                found = sorted((e for e in listing if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError as exc:
+            if top:
+                raise
+            log.warning("cannot read folder %s (%s): skipped", printable(folder), exc.strerror)
+            return iter(())
+        return iter(found)
+
+    stack = [entries(str(root), True)]
+    while stack:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif entry.is_dir():
+            stack.append(entries(entry.path, False))
+        elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in extensions:
+            yield entry
+
+
 def scan_files(
     root: Path, extensions: tuple[str, ...], stat: bool = True
 ) -> list[tuple[Path, os.stat_result | None]]:
     """Files under ``root`` with one of ``extensions`` (case-insensitive) and their stat, sorted by
-    relative path; hidden files and folders are skipped.
+    relative path (`walk_sorted`); hidden files and folders are skipped.
 
-    The only system call per file is the stat the fingerprint needs (Lakh has 176k files);
-    ``stat=False`` skips it.
+    The only system call per file is the stat the fingerprint needs; ``stat=False`` skips it.
     """
-    found = [
-        (parts, Path(entry.path), entry.stat() if stat else None)
-        for parts, entry in walk_files(root, extensions)
-    ]
-    found.sort(key=lambda f: f[0])
-    return [(path, stat) for _, path, stat in found]
+    return [(Path(entry.path), entry.stat() if stat else None) for entry in walk_sorted(root, extensions)]
 
 
 def list_files(root: Path, extensions: tuple[str, ...]) -> list[Path]:
     """Files under ``root`` with one of ``extensions`` (case-insensitive), sorted, hidden ones skipped."""
-    return [path for path, _ in scan_files(root, extensions, stat=False)]
+    return [Path(entry.path) for entry in walk_sorted(root, extensions)]
+
+
+def iter_file_items(
+    root: Path, extensions: tuple[str, ...], split: str | None = None
+) -> Iterator[SourceItem]:
+    """`file_items` of every file under ``root``, streamed in sorted order (`walk_sorted`)."""
+    for entry in walk_sorted(root, extensions):
+        yield from file_items(root, [Path(entry.path)], split)
 
 
 def ensure_muspy_success(root: str | Path) -> Path:
@@ -446,9 +490,11 @@ class FolderSource(Source):
         check_root(self.root, self.extensions, typed=self._typed_root)
 
     def items(self) -> list[SourceItem]:
+        return list(self.iter_items())
+
+    def iter_items(self) -> Iterator[SourceItem]:
         self.check()
-        root = Path(self.root)
-        return file_items(root, list_files(root, self.extensions))
+        yield from iter_file_items(Path(self.root), self.extensions)
 
     def fingerprint(self) -> dict[str, Any]:
         # Content changes (a file added, replaced or touched) must invalidate the cache.
@@ -568,12 +614,13 @@ def load_boulanger(path: str | Path) -> dict[str, list[np.ndarray]]:
 def files_digest(root: Path, extensions: tuple[str, ...]) -> str:
     """Hash of the relative path, size and modification time of the files `scan_files` lists:
     changes when content does."""
-    files = scan_files(root, extensions)
     digest = hashlib.sha1()
-    for path, stat in files:
+    for entry in walk_sorted(root, extensions):  # streamed: no list of the whole corpus
+        stat = entry.stat()
         # fsencode: a file name that is not UTF-8 is hashed as its bytes (str.encode would refuse it).
         digest.update(
-            os.fsencode(relative_key(path, root)) + f":{stat.st_size}:{stat.st_mtime_ns}\n".encode()
+            os.fsencode(relative_key(Path(entry.path), root))
+            + f":{stat.st_size}:{stat.st_mtime_ns}\n".encode()
         )
     return digest.hexdigest()
 
@@ -642,12 +689,19 @@ class MuspyDatasetSource(Source):
 
     def files(self) -> list[Path]:
         """The data files under ``root`` (after `prepare`); raises if there are none."""
+        return list(self.iter_files())
+
+    def iter_files(self) -> Iterator[Path]:
+        """`files` as a stream (sorted; `walk_sorted`); raises before the first if there are none."""
         self.prepare()
-        files = list_files(Path(self.root), self.extensions)
-        if not files:
+        entries = walk_sorted(Path(self.root), self.extensions)
+        first = next(entries, None)
+        if first is None:
             shown = _setting("data.source.root", self.root, self._typed_root)
             raise DataConfigError(f"{shown}: no {', '.join(self.extensions)} files in it or below it")
-        return files
+        yield Path(first.path)
+        for entry in entries:
+            yield Path(entry.path)
 
     def fingerprint(self) -> dict[str, Any]:
         # Fingerprinting happens before `prepare`; a download must land first so that the cache key
@@ -1043,7 +1097,12 @@ class LakhSource(MuspyDatasetSource):
         return getattr(muspy, self.VARIANTS[self.variant])
 
     def items(self) -> list[SourceItem]:
-        return file_items(Path(self.root), self.files())
+        return list(self.iter_items())
+
+    def iter_items(self) -> Iterator[SourceItem]:
+        root = Path(self.root)
+        for path in self.iter_files():
+            yield from file_items(root, [path])
 
     def split_group(self, key: str) -> str | None:
         """In ``matched`` and ``aligned`` each Million Song Dataset track folder (``TR`` + 16

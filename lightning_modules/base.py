@@ -27,6 +27,7 @@ import lightning as L
 import muspy
 import numpy as np
 import torch
+import torchmetrics
 
 from datamodules.notes import NoteTable
 from datamodules.representations import Representation, build_representation
@@ -185,17 +186,41 @@ class GenerativeModule(L.LightningModule):
         return out["loss"]
 
     def log_figures(self, figures: Mapping[str, torch.Tensor | float], split: str, batch_size: int) -> None:
-        """Log ``<split>/<name>`` for each figure (``loss`` on the progress bar, per step in training)."""
+        """Log ``<split>/<name>`` for each figure (``loss`` on the progress bar, per step in training).
+
+        Validation and test figures are torchmetrics means weighted by batch size, synced across DDP
+        ranks by their sums and counts: the epoch value is the mean over every example, however the
+        examples were shared out (a mean of each rank's mean is not, when ranks see unequal counts).
+        """
         for name, value in figures.items():
-            self.log(
-                f"{split}/{name}",
-                value,
-                prog_bar=name == "loss",
-                on_step=split == "train" and name == "loss",
-                on_epoch=True,
-                batch_size=batch_size,
-                sync_dist=split != "train",
+            key = f"{split}/{name}"
+            if split == "train":
+                self.log(
+                    key,
+                    value,
+                    prog_bar=name == "loss",
+                    on_step=name == "loss",
+                    on_epoch=True,
+                    batch_size=batch_size,
+                )
+                continue
+            metric, attribute = self._epoch_mean(key)
+            metric.update(
+                torch.as_tensor(value, dtype=torch.float32, device=self.device).detach(), weight=batch_size
             )
+            self.log(
+                key, metric, prog_bar=name == "loss", on_step=False, on_epoch=True, metric_attribute=attribute
+            )
+
+    def _epoch_mean(self, key: str) -> tuple[torchmetrics.MeanMetric, str]:
+        """The running mean of a validation or test figure, made on first use (a model may log any)."""
+        if "_epoch_means" not in self._modules:
+            self._epoch_means = torch.nn.ModuleDict()
+        name = key.replace("/", "__").replace(".", "_")
+        if name not in self._epoch_means:
+            self._epoch_means[name] = torchmetrics.MeanMetric().to(self.device)
+            self._metric_attributes = None  # Lightning caches where metrics live: look again
+        return self._epoch_means[name], f"_epoch_means.{name}"
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         return self._shared_step(batch, "train")

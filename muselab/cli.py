@@ -76,6 +76,20 @@ def _type_name(value: object) -> str:
     return type(value).__name__
 
 
+def value_fits(default: object, value: object) -> bool:
+    """Whether ``value`` may replace a key whose default is ``default``: the same type, an int for a
+    float; anything where the default is null or a node, and null anywhere."""
+    if default is None or value is None or isinstance(default, DictConfig | ListConfig):
+        return True
+    if isinstance(default, bool) != isinstance(value, bool):
+        return False
+    if isinstance(default, float):
+        return isinstance(value, int | float)
+    if isinstance(default, int | str):
+        return isinstance(value, type(default))
+    return True
+
+
 def check_override_types(defaults: DictConfig, overrides: Iterable[str], composed: DictConfig) -> None:
     """Fail early when ``key=value`` gives a value of another type than the key's default.
 
@@ -91,17 +105,7 @@ def check_override_types(defaults: DictConfig, overrides: Iterable[str], compose
             value = OmegaConf.select(composed, key, throw_on_missing=False)
         except Exception:  # interpolations that need the runtime are not checked here
             continue
-        if default is None or value is None or isinstance(default, DictConfig | ListConfig):
-            continue
-        if isinstance(default, bool) != isinstance(value, bool):
-            bad = True
-        elif isinstance(default, float):
-            bad = not isinstance(value, int | float)
-        elif isinstance(default, int | str):
-            bad = not isinstance(value, type(default))
-        else:
-            bad = False
-        if bad:
+        if not value_fits(default, value):
             raise ConfigTypeError(
                 f"config key '{key}' expects {_type_name(default)} (default {default!r}), got "
                 f"{_type_name(value)} {value!r} from override '{override}'"

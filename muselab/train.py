@@ -9,9 +9,11 @@ run's (`muselab.runs`).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +36,35 @@ from muselab.utils import (
     build_loggers,
     instantiate_checked,
     log_run_summary,
+    run_summary,
 )
 
 log = logging.getLogger("muselab.train")
 
 # A run directory ends in the process id, so two runs started in the same second never share one.
 OmegaConf.register_new_resolver("muselab_pid", lambda: str(os.getpid()), replace=True)
+
+
+def devices_per_node() -> int | str:
+    """Processes per node as the launcher says (``SLURM_NTASKS_PER_NODE``, torchrun's
+    ``LOCAL_WORLD_SIZE``); ``auto`` (every local GPU) outside both."""
+    slurm = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "4(x2)" on mixed allocations
+    value = slurm or os.environ.get("LOCAL_WORLD_SIZE", "")
+    return int(value) if value.isdigit() else "auto"
+
+
+def num_nodes() -> int:
+    """Nodes as the launcher says (``SLURM_NNODES``; torchrun: ``WORLD_SIZE / LOCAL_WORLD_SIZE``); 1."""
+    if (nodes := os.environ.get("SLURM_NNODES", "")).isdigit():
+        return int(nodes)
+    world, local = os.environ.get("WORLD_SIZE", ""), os.environ.get("LOCAL_WORLD_SIZE", "")
+    if world.isdigit() and local.isdigit() and int(local) > 0:
+        return max(1, int(world) // int(local))
+    return 1
+
+
+OmegaConf.register_new_resolver("muselab_devices_per_node", devices_per_node, replace=True)
+OmegaConf.register_new_resolver("muselab_num_nodes", num_nodes, replace=True)
 
 
 def validate_overrides(cfg: DictConfig) -> None:
@@ -97,6 +122,7 @@ def check_layout(ckpt_path: str, model: L.LightningModule) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns metrics and output paths."""
+    start = time.perf_counter()
     validate_overrides(cfg)
     check_run_settings(cfg)
     resume_from = cfg.get("ckpt_path")
@@ -129,6 +155,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.check()  # a missing or empty data root fails here, before any model or logger exists
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate_checked(cfg.model, representation=datamodule.representation)
+    n_params = sum(p.numel() for p in model.parameters())  # counted before a strategy shards them
     if resume_from:
         check_layout(resume_from, model)
     callbacks = build_callbacks(cfg.get("callbacks"))
@@ -145,16 +172,26 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer.fit(model=model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
-    datamodule.setup()
-    if trainer.is_global_zero and loggers:
-        log_run_summary(loggers, datamodule.data_summary())
-
     best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
     if cfg.test and not trainer.fast_dev_run:
         trainer.test(model=model, datamodule=datamodule, ckpt_path=best if best else None)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
 
     out_dir = Path(cfg.paths.output_dir)
+    datamodule.setup()
+    if trainer.is_global_zero:
+        summary_file = out_dir / "summary.json"
+        # A resumed run adds its time to the earlier sessions' (it continues the same run directory).
+        earlier = (
+            json.loads(summary_file.read_text()).get("run/wall_seconds", 0.0)
+            if resume_from and summary_file.is_file()
+            else 0.0
+        )
+        summary = run_summary(trainer, model, metrics, n_params, earlier + time.perf_counter() - start)
+        if loggers:
+            log_run_summary(loggers, {**datamodule.data_summary(), **summary})
+        out_dir.mkdir(parents=True, exist_ok=True)
+        summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True))
     samples: list[str] = []
     if trainer.is_global_zero and cfg.n_samples > 0:
         musics = model.sample(cfg.n_samples, cfg.sample_length, cfg.sample_temperature)

@@ -98,6 +98,38 @@ def build_callbacks(cfg: DictConfig | None) -> list[Callback]:
     return [instantiate(c) for c in (cfg or {}).values() if isinstance(c, DictConfig) and "_target_" in c]
 
 
+# Final figures a run summary keeps: losses, sample/ music metrics, overfit/ measures, data/ ones.
+SUMMARY_PREFIXES = ("train/", "val/", "test/", "sample/", "overfit/", "data/")
+
+
+def run_summary(
+    trainer: Any, model: Any, metrics: dict[str, float], n_params: int, wall_seconds: float
+) -> dict[str, Any]:
+    """What a run's summary holds for dashboards and `make compare`: the best value of the model's
+    monitored metric (``best/<monitor>``) and its checkpoint, the final figures of every logged
+    ``SUMMARY_PREFIXES`` metric, the parameter count (``model/params``), the epochs and steps run and
+    the wall time (``run/wall_seconds``, every session of a resumed run together)."""
+    monitor = getattr(model, "monitor", "val/loss")
+    callback = trainer.checkpoint_callback
+    best = getattr(callback, "best_model_score", None)
+    summary: dict[str, Any] = {
+        k: float(v)
+        for k, v in sorted(metrics.items())
+        if k.startswith(SUMMARY_PREFIXES) and not k.endswith("_step")
+    }
+    if best is not None:
+        summary[f"best/{monitor}"] = float(best)
+        if getattr(callback, "best_model_path", ""):
+            summary["best/checkpoint"] = os.path.relpath(callback.best_model_path, trainer.default_root_dir)
+    elif monitor in summary:
+        summary[f"best/{monitor}"] = summary[monitor]
+    summary["model/params"] = int(n_params)
+    summary["run/epochs"] = int(trainer.current_epoch)
+    summary["run/global_step"] = int(trainer.global_step)
+    summary["run/wall_seconds"] = round(float(wall_seconds), 2)
+    return summary
+
+
 def log_run_summary(loggers: list[Logger], summary: dict[str, Any]) -> None:
     """Put run-level facts (data counts, skipped files) where each logger keeps them."""
     for logger in loggers:

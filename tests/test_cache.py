@@ -568,7 +568,7 @@ def test_the_datamodule_keeps_pieces_compact_and_serves_the_same_windows(
     for split, pieces in dm.split_arrays.items():
         assert isinstance(pieces, CompactPieces) and len(pieces) == len(dm.split_keys[split])
         dense = [pieces[i] for i in range(len(pieces))]
-        assert pieces.steps == [len(a) for a in dense]
+        assert list(pieces.steps) == [len(a) for a in dense]
         assert pieces.nbytes < sum(a.nbytes for a in dense)
         # The windows drawn from notes are the windows sliced from the dense rolls.
         from_notes = dm.datasets[split]

@@ -169,6 +169,9 @@ def test_every_readme_make_command_runs_as_written(world: dict[str, Path], tmp_p
             data = next((w.split("=", 1)[1] for w in words if w.startswith("DATA=")), default_data(model))
             if data in ("bach", "essen") and "data.source.limit" not in command:
                 words.append("data.source.limit=24")  # the music21 corpus sources take a limit
+        elif words[1] == "compare":  # the runs the README's train commands just made, the page beside
+            words = [w for w in words if not w.startswith(("RUNS=", "OUT="))]
+            words += [f"RUNS={tmp_path}", f"OUT={tmp_path / f'page{i}'}"]
         elif words[1] in ("sample", "evaluate", "interpolate"):
             words += (
                 [f"OUT={tmp_path / f'out{i}'}"] if "OUT=" not in command and words[1] != "evaluate" else []
