@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# MODEL, DATA, N, OUT, CKPT, PRIMER, CHORDS, INSTRUMENTS, ATTRIBUTE: passed on only when given, so
-# each default is stated once, in conf/ (a model config may choose its own default data).
-ARG_VARS := MODEL DATA N OUT CKPT PRIMER CHORDS INSTRUMENTS ATTRIBUTE
+# MODEL, DATA, N, OUT, CKPT, PRIMER, CHORDS, INSTRUMENTS, ATTRIBUTE, A, B, STEPS: passed on only when
+# given, so each default is stated once, in conf/ (a model config may choose its own default data).
+ARG_VARS := MODEL DATA N OUT CKPT PRIMER CHORDS INSTRUMENTS ATTRIBUTE A B STEPS
 # Where pip finds torch==2.13.0, e.g. https://download.pytorch.org/whl/cpu (a CPU-only wheel for a
 # machine without a GPU); empty: pip's own configuration. Everything else comes from pip's index.
 TORCH_INDEX ?=
@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate interpolate test test-all lint format bench bench-data bench-poly clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -66,6 +66,10 @@ sample: install ## Write N samples from a checkpoint: make sample CKPT=path [N=4
 evaluate: install ## Test-split loss + music metrics: make evaluate CKPT=path [N=16]
 	@test -n "$(CKPT)" || (echo "usage: make evaluate CKPT=path/to/last.ckpt [N=16] [option=value ...]"; exit 2)
 	$(PY) -m muselab.evaluate $(call arg,CKPT,ckpt) $(SAMPLE_ARGS) $(OVERRIDES)
+
+interpolate: install ## Latent path between two pieces: make interpolate CKPT=path A=a.mid B=b.mid [STEPS=8] [OUT=dir]
+	@test -n "$(CKPT)" -a -n "$(A)" -a -n "$(B)" || (echo "usage: make interpolate CKPT=path/to/last.ckpt A=a.mid B=b.mid [STEPS=8] [OUT=interpolation] [mode=lerp]"; exit 2)
+	$(PY) -m muselab.interpolate $(call arg,CKPT,ckpt) $(call arg,A,a) $(call arg,B,b) $(call arg,STEPS,steps) $(call arg,OUT,out) $(OVERRIDES)
 
 test: install ## Fast test suite
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup
