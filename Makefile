@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate interpolate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate interpolate test test-all lint format bench bench-data bench-poly bench-musicvae clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench-data: install ## Preprocessing throughput vs muspy / symusic
 
 bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boulanger)
 	$(PY) -m muselab.bench.poly $(OVERRIDES)
+
+bench-musicvae: install ## MusicVAE on Essen: 2-bar and 16-bar accuracy, attribute vectors, interpolation smoothness
+	$(PY) -m muselab.bench.musicvae $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

@@ -479,8 +479,10 @@ ATTRIBUTES: tuple[str, ...] = (
 def attribute_vectors(mu: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per attribute: mean μ of the pieces in its top quartile minus that of its bottom quartile.
 
-    ``mu`` is ``(N, z)``, ``values`` ``(N, A)`` (NaN: undefined for that piece). Returns the vectors
-    ``(A, z)`` and whether each is defined (at least 8 pieces, and the quartiles apart).
+    ``mu`` is ``(N, z)``, ``values`` ``(N, A)`` (NaN: undefined for that piece). When more than half
+    the pieces share the lowest value (no syncopation at all), "high" is every piece above it.
+    Returns the vectors ``(A, z)`` and whether each is defined: at least 8 pieces, and two groups
+    of at least 2 (an attribute every piece shares, like the polyphony of melodies, has none).
     """
     vectors = mu.new_zeros(values.shape[1], mu.shape[1])
     defined = torch.zeros(values.shape[1], dtype=torch.bool, device=mu.device)
@@ -490,9 +492,11 @@ def attribute_vectors(mu: torch.Tensor, values: torch.Tensor) -> tuple[torch.Ten
         if len(v) < 8:
             continue
         low, high = torch.quantile(v, 0.25), torch.quantile(v, 0.75)
-        if high <= low:  # an attribute all pieces share (polyphony of melodies) says nothing
+        top = v >= high if high > low else v > low
+        bottom = v <= low
+        if top.sum() < 2 or bottom.sum() < 2:
             continue
-        vectors[a] = m[v >= high].mean(0) - m[v <= low].mean(0)
+        vectors[a] = m[top].mean(0) - m[bottom].mean(0)
         defined[a] = True
     return vectors, defined
 

@@ -216,14 +216,19 @@ def test_attributes_of_a_hand_made_melody_and_attribute_vectors() -> None:
     assert values["polyphony"] == 1.0
     silent = music_attributes(rep.decode(np.zeros(16, dtype=np.int64)))
     assert silent["note_density"] == 0.0 and math.isnan(silent["pitch_range"])
-    # μ's first dimension follows attribute 0; attribute 1 is the same for everyone
+    # μ's first dimension follows attribute 0 (0..39: quartiles ≤ 9.75 and ≥ 29.25, means 4.5 and
+    # 34.5); attribute 1 is the same for everyone; attribute 2 is 0 but for pieces 15..19
     g = torch.Generator().manual_seed(0)
-    values_t = torch.stack([torch.arange(40.0), torch.full((40,), 3.0)], dim=1)
-    mu = torch.randn(40, 4, generator=g) * 0.1
+    skewed = torch.zeros(40)
+    skewed[15:20] = 1.0
+    values_t = torch.stack([torch.arange(40.0), torch.full((40,), 3.0), skewed], dim=1)
+    mu = torch.randn(40, 4, generator=g) * 0.01
     mu[:, 0] += values_t[:, 0] / 10
+    mu[:, 1] += skewed
     vectors, defined = attribute_vectors(mu, values_t)
-    assert defined.tolist() == [True, False]
-    assert vectors[0, 0] == pytest.approx(3.0, abs=0.2) and vectors[0, 1:].abs().max() < 0.15
+    assert defined.tolist() == [True, False, True]
+    assert vectors[0, 0] == pytest.approx(3.0, abs=0.02) and vectors[0, 1:].abs().max() < 0.02
+    assert vectors[2, 1] == pytest.approx(1.0, abs=0.02)  # the 5 above the shared lowest value
     assert parse_attribute_shifts("note_density:+1.0, pitch_range:-0.5") == [
         ("note_density", 1.0),
         ("pitch_range", -0.5),
