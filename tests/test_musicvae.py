@@ -509,3 +509,34 @@ def test_interpolate_refuses_a_model_without_a_latent_space(tmp_path: Path) -> N
     )
     with pytest.raises(UserError, match="a PianoRollRNN has no latent space"):
         interpolate(str(ckpt), "60,62,64", "64,62,60", out=str(tmp_path / "i"), audio=False)
+
+
+def test_a_shared_cache_built_with_a_lower_min_steps_leaves_out_the_short_pieces(tmp_path: Path) -> None:
+    """min_steps is not in the cache key: a 16-bar run on the cache of a 2-bar run drops short pieces."""
+    from datamodules import MusicDataModule
+    from datamodules.sources import DataConfigError, FolderSource
+    from tests.conftest import write_midi_folder
+
+    root = write_midi_folder(tmp_path / "midi", n_good=8, bad=False)
+    rep = PianoRollRepresentation(n_tracks=2, track_mode="index", pitch_low=36, pitch_high=84)
+
+    def split_steps(min_steps: int) -> list[int]:
+        dm = MusicDataModule(
+            FolderSource(str(root)),
+            rep,
+            cache_dir=str(tmp_path / "cache"),
+            window=8,
+            min_steps=min_steps,
+            n_jobs=1,
+        )
+        dm.setup()
+        return sorted(len(a) for arrays in dm.split_arrays.values() for a in arrays)
+
+    every = split_steps(1)
+    longest = every[-1]
+    assert every[0] < longest  # pieces of several lengths
+    assert set(split_steps(longest)) == {longest}  # the shorter pieces of the same cache are left out
+    with pytest.raises(
+        DataConfigError, match=f"data.min_steps={longest + 1}: no piece of folder is that long"
+    ):
+        split_steps(longest + 1)
