@@ -163,6 +163,28 @@ def test_the_loss_is_reconstruction_plus_beta_times_the_clipped_kl(monkeypatch: 
     assert torch.allclose(figures["loss"], recon.mean() + 0.3 * clipped.mean(), atol=1e-4)
 
 
+@pytest.mark.parametrize("decoder", ["flat", "hierarchical"])
+def test_scheduled_sampling_feeds_the_truth_or_the_models_own_steps(decoder: str) -> None:
+    """With probability 0 the step-by-step decoder reads the truth (= teacher forcing); with 1 it reads
+    its own samples (= free running); the training loss takes that path when the schedule is on."""
+    model = MusicVAE(MelodyRepresentation(48, 71), steps=16, decoder=decoder, segment_steps=8, **TINY)
+    x = random_batch("melody", model, n=3, steps=16)
+    z = torch.randn(3, 8)
+    sample = lambda part, logits: part.choose(logits, 1.0)  # noqa: E731
+    (forced,) = model.decoder.teacher_forced(z, [x])
+    (truth_fed,), _ = model.decoder.run(z, 16, sample, [x], sample_probability=0.0)
+    assert torch.allclose(truth_fed, forced, atol=1e-5)
+    greedy = lambda part, logits: part.choose(logits, 0.0)  # noqa: E731
+    (own_fed,), _ = model.decoder.run(z, 16, greedy, [x], sample_probability=1.0)
+    (free,), _ = model.decoder.run(z, 16, greedy)
+    assert torch.allclose(own_fed, free, atol=1e-6) and not torch.allclose(own_fed, forced, atol=1e-3)
+    scheduled = MusicVAE(
+        MelodyRepresentation(48, 71), steps=16, sampling_schedule="constant", sampling_rate=1.0, **TINY
+    )
+    figures = scheduled._forward({"x": x}, train=True)["figures"]
+    assert float(figures["sampling_probability"]) == 1.0 and torch.isfinite(figures["loss"])
+
+
 # ------------------------------------------------------------------------------------------ latent space
 def test_slerp_and_lerp_paths() -> None:
     a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
