@@ -22,7 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from muselab.cli import CONFIG_DIR, check_override_types, normalize_overrides
-from muselab.errors import report_user_errors
+from muselab.errors import UserError, report_user_errors
 from muselab.music.evaluation import write_midi
 from muselab.utils import (
     auto_torch_threads,
@@ -53,6 +53,16 @@ def validate_overrides(cfg: DictConfig) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns metrics and output paths."""
     validate_overrides(cfg)
+    # A value the data config leaves to the user (data.source.root: ???) is named in one line, not
+    # in OmegaConf's traceback from deep inside instantiation.
+    missing = sorted(
+        key
+        for top in cfg
+        if top != "hydra" and OmegaConf.is_config(cfg._get_node(top))
+        for key in OmegaConf.missing_keys(cfg[top])  # full keys (data.source.root)
+    )
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be given ({' '.join(f'{k}=...' for k in missing)})")
     L.seed_everything(cfg.seed, workers=True)
     torch.set_float32_matmul_precision("high")
     threads = cfg.get("torch_threads")
