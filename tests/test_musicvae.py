@@ -562,3 +562,9 @@ def test_a_shared_cache_built_with_a_lower_min_steps_leaves_out_the_short_pieces
         DataConfigError, match=f"data.min_steps={longest + 1}: no piece of folder is that long"
     ):
         split_steps(longest + 1)
+
+
+def test_the_trio_config_without_a_data_root_says_so_in_one_line(tmp_path: Path) -> None:
+    cfg = compose_train(["model=musicvae_trio", "logger=none"], output_dir=tmp_path)
+    with pytest.raises(UserError, match=r"^data.source.root must be given \(data.source.root=...\)$"):
+        train(cfg)
