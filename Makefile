@@ -4,9 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-# MODEL, DATA, N, OUT, CKPT, PRIMER, CHORDS, INSTRUMENTS, ATTRIBUTE: passed on only when given, so
-# each default is stated once, in conf/ (a model config may choose its own default data).
-ARG_VARS := MODEL DATA N OUT CKPT PRIMER CHORDS INSTRUMENTS ATTRIBUTE
+# MODEL, DATA, N, OUT, CKPT, PRIMER, CHORDS, INSTRUMENTS, ATTRIBUTE, A, B, STEPS: passed on only when
+# given, so each default is stated once, in conf/ (a model config may choose its own default data).
+ARG_VARS := MODEL DATA N OUT CKPT PRIMER CHORDS INSTRUMENTS ATTRIBUTE A B STEPS
 # Where pip finds torch==2.13.0, e.g. https://download.pytorch.org/whl/cpu (a CPU-only wheel for a
 # machine without a GPU); empty: pip's own configuration. Everything else comes from pip's index.
 TORCH_INDEX ?=
@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean
+.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -79,6 +79,10 @@ evaluate: install ## Test-split loss + music metrics: make evaluate CKPT=path [N
 	@test -n "$(CKPT)" || (echo "usage: make evaluate CKPT=path/to/last.ckpt [N=16] [option=value ...]"; exit 2)
 	$(PY) -m muselab.evaluate $(call arg,CKPT,ckpt) $(SAMPLE_ARGS) $(OVERRIDES)
 
+interpolate: install ## Latent path between two pieces: make interpolate CKPT=path A=a.mid B=b.mid [STEPS=8] [OUT=dir]
+	@test -n "$(CKPT)" -a -n "$(A)" -a -n "$(B)" || (echo "usage: make interpolate CKPT=path/to/last.ckpt A=a.mid B=b.mid [STEPS=8] [OUT=interpolation] [mode=lerp]"; exit 2)
+	$(PY) -m muselab.interpolate $(call arg,CKPT,ckpt) $(call arg,A,a) $(call arg,B,b) $(call arg,STEPS,steps) $(call arg,OUT,out) $(OVERRIDES)
+
 test: install ## Fast test suite
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadgroup
 
@@ -109,6 +113,9 @@ bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boul
 
 bench-scale: install ## Lakh-scale preprocessing: files/s and peak memory against corpus size, loader windows/s
 	$(PY) -m muselab.bench.scale $(OVERRIDES)
+
+bench-musicvae: install ## MusicVAE on Essen: 2-bar and 16-bar accuracy, attribute vectors, interpolation smoothness
+	$(PY) -m muselab.bench.musicvae $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

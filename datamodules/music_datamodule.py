@@ -414,8 +414,21 @@ class MusicDataModule(L.LightningDataModule):
             others=[key for key, _ in self.corpus.skipped],
         )
         groups = dict(zip(free, hashed))
+        # min_steps is not part of the cache key: a cache built with a lower min_steps (by a 2-bar
+        # model) is shared with a run that asks for longer pieces, which drops the short ones here.
+        too_short = 0
         for i, split in enumerate(self.corpus.splits):
+            if piece_steps(pieces, i) < self.min_steps:
+                too_short += 1
+                continue
             indices[split or hash_split(groups[i], self.val_fraction, self.test_fraction)].append(i)
+        if too_short:
+            log.info("Left out %d cached pieces shorter than data.min_steps=%d", too_short, self.min_steps)
+        if too_short == len(pieces):
+            raise DataConfigError(
+                f"data.min_steps={self.min_steps}: no piece of {self.source.name} is that long "
+                f"(the longest has {max(piece_steps(pieces, i) for i in range(len(pieces)))} steps)"
+            )
         self._log_split_groups()
         if not indices["val"]:  # tiny corpora: borrow one training piece so val/loss exists
             indices["val"].append(indices["train"][-1])

@@ -124,6 +124,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Run one training job from a composed config; returns metrics and output paths."""
     start = time.perf_counter()
     validate_overrides(cfg)
+    # A value the data config leaves to the user (data.source.root: ???) is named in one line, not
+    # in OmegaConf's traceback from deep inside instantiation.
+    missing = sorted(
+        key
+        for top in cfg
+        if top != "hydra" and OmegaConf.is_config(cfg._get_node(top))
+        for key in OmegaConf.missing_keys(cfg[top])  # full keys (data.source.root)
+    )
+    if missing:
+        raise UserError(f"{', '.join(missing)} must be given ({' '.join(f'{k}=...' for k in missing)})")
     check_run_settings(cfg)
     resume_from = cfg.get("ckpt_path")
     if resume_from:
