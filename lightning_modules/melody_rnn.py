@@ -289,31 +289,47 @@ class AttentionLSTM(nn.Module):
         """
         batch, steps, input_size = x.shape
         state = state or self.initial_state(batch, x)
-        h, c, attention, window, keys = state.h, state.c, state.attention, state.window, state.keys
+        h, c, attention = state.h, state.c, state.attention
+        # The window as lists of its outputs and their keys, oldest first: stacking the last L each
+        # step costs what shifting a window tensor costs, but its gradient needs no window-sized
+        # buffer per step (that zero-filling was a third of the layer's time).
+        ys, ks = list(state.window.unbind(1)), list(state.keys.unbind(1))
         if lengths is None:
             active = [batch] * steps
         else:
             active = (lengths[None, :] > torch.arange(steps, device=x.device)[:, None]).sum(1).tolist()
         # The input's share of W_in for every step at once; only the attention's share is recurrent.
-        mixed = F.linear(x, self.input_mix.weight[:, :input_size], self.input_mix.bias)
+        # (Unbound per step: a slice of the whole tensor per step would cost a tensor-sized gradient.)
+        mixed = F.linear(x, self.input_mix.weight[:, :input_size], self.input_mix.bias).unbind(1)
         attention_weight = self.input_mix.weight[:, input_size:]
         outputs, weights = [], []
         for t in range(steps):
             rows = active[t]
             if rows < len(h):  # the shortest melodies have ended: drop their rows
-                h, c, attention, window, keys = (s[:rows] for s in (h, c, attention, window, keys))
-            h, c = self.cell(mixed[:rows, t] + attention @ attention_weight.T, (h, c))
+                h, c, attention = h[:rows], c[:rows], attention[:rows]
+                ys, ks = [y[:rows] for y in ys], [k[:rows] for k in ks]
+            h, c = self.cell(mixed[t][:rows] + attention @ attention_weight.T, (h, c))
             query = self.query(torch.cat([c, h], dim=-1))
+            window, keys = torch.stack(ys, dim=1), torch.stack(ks, dim=1)
             alpha = torch.softmax(self.score(torch.tanh(keys + query[:, None])).squeeze(-1), dim=-1)
             attention = torch.bmm(alpha[:, None], window).squeeze(1)
             y = self.output(torch.cat([h, attention], dim=-1))
-            window = torch.cat([window[:, 1:], y[:, None]], dim=1)
-            keys = torch.cat([keys[:, 1:], self.key(y)[:, None]], dim=1)
-            outputs.append(F.pad(y, (0, 0, 0, batch - rows)))
-            weights.append(F.pad(alpha, (0, 0, 0, batch - rows)))
-        state = AttentionState(h, c, attention, window, keys)
-        out = torch.stack(outputs, dim=1)
-        return (out, state, torch.stack(weights, dim=1)) if return_weights else (out, state)
+            ys, ks = [*ys[1:], y], [*ks[1:], self.key(y)]
+            outputs.append(y)
+            weights.append(alpha)
+        state = AttentionState(h, c, attention, torch.stack(ys, dim=1), torch.stack(ks, dim=1))
+        out = _unpack(outputs, active, batch)
+        return (out, state, _unpack(weights, active, batch)) if return_weights else (out, state)
+
+
+def _unpack(per_step: list[torch.Tensor], rows: list[int], batch: int) -> torch.Tensor:
+    """``(batch, steps, ...)`` from each step's ``(rows[t], ...)`` outputs (the first rows), zeros elsewhere."""
+    if all(r == batch for r in rows):
+        return torch.stack(per_step, dim=1)
+    steps = len(per_step)
+    where = torch.cat([torch.arange(r) * steps + t for t, r in enumerate(rows)]).to(per_step[0].device)
+    flat = per_step[0].new_zeros(batch * steps, *per_step[0].shape[1:])
+    return flat.index_copy(0, where, torch.cat(per_step)).view(batch, steps, *per_step[0].shape[1:])
 
 
 # --------------------------------------------------------------------------------------------- the model
@@ -410,8 +426,8 @@ class MelodyRNN(TokenModule):
     ) -> tuple[torch.Tensor, MelodyCache]:
         """Scores of the next class at every position of ``tokens`` ``(B, T)``, continuing ``cache``.
 
-        ``lengths`` (training: real steps per row, rows sorted longest first) skips the padding of a
-        batch, so melodies of very different lengths cost only their real steps.
+        ``lengths`` (training: real steps per row, rows sorted longest first) lets the attention layer,
+        a loop over time, skip the padding after each melody.
         """
         history = tokens if cache is None else torch.cat([cache.history, tokens], dim=1)
         h = self.encoder(history)[:, -tokens.shape[1] :]
@@ -420,12 +436,9 @@ class MelodyRNN(TokenModule):
             h, attention_state = self.attention(h, None if cache is None else cache.attention, lengths)
             h = self.dropout(h)
         if self.lstm is not None:
-            if lengths is None:
-                h, lstm_state = self.lstm(h, None if cache is None else cache.lstm)
-            else:
-                packed = nn.utils.rnn.pack_padded_sequence(h, lengths.cpu(), batch_first=True)
-                h, lstm_state = self.lstm(packed)
-                h, _ = nn.utils.rnn.pad_packed_sequence(h, batch_first=True, total_length=tokens.shape[1])
+            # Padding is run through the LSTM, not packed: on the CPU a packed LSTM costs ~10x a padded
+            # one, and the steps after a melody's end change none of its outputs.
+            h, lstm_state = self.lstm(h, None if cache is None else cache.lstm)
             h = self.dropout(h)
         return self.out(h), MelodyCache(history, attention_state, lstm_state)
 
@@ -458,7 +471,7 @@ class MelodyRNN(TokenModule):
         x, mask = batch["x"].long(), batch["mask"]
         if self.max_steps:
             x, mask = x[:, : self.max_steps], mask[:, : self.max_steps]
-        # Longest first and cut to the longest, so the recurrent layers skip every row's padding
+        # Longest first and cut to the longest, so the attention loop can drop each row after its end
         # (the loss is a sum over real steps: the order of the rows does not matter).
         lengths = mask.sum(1).clamp_min(1)
         order = lengths.argsort(descending=True)
