@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly bench-melody clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -81,13 +81,16 @@ format: install ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: bench-data bench-poly ## All benchmarks (results in docs/benchmarks.md)
+bench: bench-data bench-poly bench-melody ## All benchmarks (results in docs/benchmarks.md)
 
 bench-data: install ## Preprocessing throughput vs muspy / symusic
 	$(PY) -m muselab.bench.data $(OVERRIDES)
 
 bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boulanger)
 	$(PY) -m muselab.bench.poly $(OVERRIDES)
+
+bench-melody: install ## Melody RNN basic/lookback/attention on Essen, same budget (about an hour)
+	$(PY) -m muselab.bench.melody $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

@@ -313,3 +313,60 @@ def test_samples_start_with_a_midi_primer_or_a_pitch_list(tmp_path: Path) -> Non
     model_ = MelodyRNN(rep, encoder="basic", hidden_size=16)
     with pytest.raises(ValueError, match="not longer than the primer"):
         model_.sample(1, prompt=primer, bars=1)
+
+
+# ------------------------------------------------------------------------------------ benchmark
+def test_repeated_bar_share_counts_exact_repeats_of_earlier_bars() -> None:
+    from muselab.bench.melody import repeated_bar_share
+
+    def bar(pitches: list[int], start: int) -> list[muspy.Note]:
+        return [muspy.Note(start + 4 * i, p, 4, 80) for i, p in enumerate(pitches)]
+
+    a, b = [60, 62, 64, 65], [67, 65, 64, 62]
+    music = muspy.Music(resolution=4)
+    # Bars A B A (silence) A B', where B' is B moved by a semitone: 5 sounding bars, 2 repeats.
+    notes = bar(a, 0) + bar(b, 16) + bar(a, 32) + bar(a, 64) + bar([p + 1 for p in b], 80)
+    music.tracks.append(muspy.Track(notes=notes))
+    assert repeated_bar_share(music) == (2, 5)
+    # A note held over the bar line makes the next bar differ from one that starts afresh.
+    held = muspy.Music(resolution=4, tracks=[muspy.Track(notes=[muspy.Note(0, 60, 32, 80)])])
+    assert repeated_bar_share(held) == (0, 2)
+    assert repeated_bar_share(muspy.Music(resolution=4, tracks=[muspy.Track()])) == (0, 0)
+
+
+@pytest.mark.slow
+def test_bench_melody_end_to_end_on_a_few_essen_songs(tmp_path: Path, cache_dir: Path) -> None:
+    from muselab.bench import melody as bench
+
+    docs = tmp_path / "benchmarks.md"
+    docs.write_text("# Benchmarks\n\n## Other\n\nkeep me\n")
+    out = bench.main(
+        [
+            "models=basic,attention",
+            "max_epochs=2",
+            "threads=1",
+            "n_samples=4",
+            "bars=4",
+            "n_real=8",
+            f"docs={docs}",
+            f"runs_dir={tmp_path / 'runs'}",
+            f"paths.cache_dir={cache_dir}",
+            "data.source.limit=24",
+            "data.batch_size=8",
+            "model.hidden_size=16",
+        ]
+    )
+    rows = {r["model"]: r for r in out["rows"]}
+    assert set(rows) == {"basic", "attention"}
+    for row in rows.values():
+        assert row["epochs"] == 2 and [h["epoch"] for h in row["history"]] == [0, 1]
+        assert row["test"]["test/event_nll"] <= row["test"]["test/loss"] + 1e-6
+        assert 0.0 <= row["structure"]["repeated_bar_share"] <= 1.0 and row["structure"]["pieces"] == 4
+        assert "sample/pitch_class_entropy" in row["samples"]
+    # The basic model's event NLL is its label NLL (no repeat labels).
+    assert rows["basic"]["test"]["test/event_nll"] == pytest.approx(rows["basic"]["test"]["test/loss"])
+    text = docs.read_text()
+    assert "keep me" in text and text.count(bench.SECTION) == 1
+    for heading in ("### Test split", "### Train/val gap over epochs", "### Long-term structure"):
+        assert heading in text
+    assert f"**{rows['attention']['test']['test/event_nll']:.3f}**" in text
