@@ -42,11 +42,11 @@ from datamodules.representations import MelodyRepresentation, Representation
 from lightning_modules.base import IncompatibleRepresentation
 from lightning_modules.layers.sampling import filter_logits, sample_logits
 from lightning_modules.token import TokenModule
+from muselab.errors import UserError
 
 NO_EVENT = MelodyRepresentation.NO_EVENT
 NOTE_OFF = MelodyRepresentation.NOTE_OFF
 FIRST_NOTE_ON = MelodyRepresentation.FIRST_NOTE_ON
-ENCODERS = ("basic", "lookback", "key")
 # Magenta's counter bits: 5 (a two-bar span of 16ths) for lookback_rnn, 7 for attention_rnn's key encoder.
 DEFAULT_COUNTER_BITS = {"basic": 0, "lookback": 5, "key": 7}
 
@@ -208,6 +208,13 @@ class KeyEncoder(MelodyEncoder):
             major_key_vector(recent),
         ]
         return torch.cat(parts, dim=-1)
+
+
+ENCODERS: dict[str, type[MelodyEncoder]] = {
+    "basic": OneHotEncoder,
+    "lookback": LookbackEncoder,
+    "key": KeyEncoder,
+}
 
 
 # --------------------------------------------------------------------------------------------- labels
@@ -387,16 +394,16 @@ class MelodyRNN(TokenModule):
                 f"MelodyRNN needs a melody representation, got {type(self.representation).__name__}"
             )
         if encoder not in ENCODERS:
-            raise ValueError(f"model.encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
+            raise UserError(f"model.encoder must be one of {', '.join(ENCODERS)}, not {encoder!r}")
         if attention_length < 0 or num_layers < 1:
-            raise ValueError("model.attention_length must be >= 0 and model.num_layers >= 1")
+            raise UserError("model.attention_length must be >= 0 and model.num_layers >= 1")
         rep = self.representation
         self.steps_per_bar = rep.steps_per_bar()
         self.lookbacks = (self.steps_per_bar, 2 * self.steps_per_bar)  # one and two bars
-        self.encoder_name = encoder
         bits = DEFAULT_COUNTER_BITS[encoder] if counter_bits is None else int(counter_bits)
-        encoder_class = {"basic": OneHotEncoder, "lookback": LookbackEncoder, "key": KeyEncoder}[encoder]
-        self.encoder = encoder_class(self.vocab_size, rep.pitch_low, self.steps_per_bar, self.lookbacks, bits)
+        self.encoder = ENCODERS[encoder](
+            self.vocab_size, rep.pitch_low, self.steps_per_bar, self.lookbacks, bits
+        )
         self.repeats = encoder != "basic"
         self.n_classes = self.vocab_size + (len(self.lookbacks) if self.repeats else 0)
         self.max_steps = max_steps
@@ -405,17 +412,10 @@ class MelodyRNN(TokenModule):
         self.attention = AttentionLSTM(size, hidden_size, attention_length) if attention_length else None
         lstm_layers = num_layers - (1 if self.attention else 0)
         lstm_input = hidden_size if self.attention else size
-        self.lstm = (
-            nn.LSTM(
-                lstm_input,
-                hidden_size,
-                lstm_layers,
-                batch_first=True,
-                dropout=dropout if lstm_layers > 1 else 0.0,
-            )
-            if lstm_layers
-            else None
-        )
+        self.lstm = None
+        if lstm_layers:
+            between = dropout if lstm_layers > 1 else 0.0
+            self.lstm = nn.LSTM(lstm_input, hidden_size, lstm_layers, batch_first=True, dropout=between)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_size, self.n_classes)
         self.apply(_init_like_tensorflow)
@@ -517,11 +517,11 @@ class MelodyRNN(TokenModule):
             length = int(bars) * self.steps_per_bar
             primed = 0 if prompt is None else prompt.shape[1]
             if length <= primed:
-                raise ValueError(
+                raise UserError(
                     f"bars={bars} ({length} steps) is not longer than the primer ({primed} steps)"
                 )
         if min(beam_size, branch_factor, steps_per_iteration) < 1:
-            raise ValueError("beam_size, branch_factor and steps_per_iteration must be at least 1")
+            raise UserError("beam_size, branch_factor and steps_per_iteration must be at least 1")
         if beam_size == branch_factor == 1:
             return super().generate(n, length, temperature, prompt, top_k, top_p, use_cache)
         return self.beam_search(

@@ -370,3 +370,14 @@ def test_bench_melody_end_to_end_on_a_few_essen_songs(tmp_path: Path, cache_dir:
     for heading in ("### Test split", "### Train/val gap over epochs", "### Long-term structure"):
         assert heading in text
     assert f"**{rows['attention']['test']['test/event_nll']:.3f}**" in text
+
+
+def test_bad_settings_are_one_line_errors_naming_the_key() -> None:
+    from muselab.errors import UserError
+
+    with pytest.raises(
+        UserError, match=r"model\.encoder must be one of basic, lookback, key, not 'lookahead'"
+    ):
+        MelodyRNN(REPRESENTATION, encoder="lookahead")
+    with pytest.raises(UserError, match="at least 1"):
+        model("basic").generate(1, 16, beam_size=0)
