@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae
+.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae bench-melody
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -97,7 +97,7 @@ format: install ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: bench-data bench-poly ## All benchmarks (results in docs/benchmarks.md)
+bench: bench-data bench-poly bench-melody ## All benchmarks (results in docs/benchmarks.md)
 
 bench-data: install ## Preprocessing throughput vs muspy / symusic
 	$(PY) -m muselab.bench.data $(OVERRIDES)
@@ -116,6 +116,9 @@ bench-scale: install ## Lakh-scale preprocessing: files/s and peak memory agains
 
 bench-musicvae: install ## MusicVAE on Essen: 2-bar and 16-bar accuracy, attribute vectors, interpolation smoothness
 	$(PY) -m muselab.bench.musicvae $(OVERRIDES)
+
+bench-melody: install ## Melody RNN basic/lookback/attention on Essen, same budget (about an hour)
+	$(PY) -m muselab.bench.melody $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

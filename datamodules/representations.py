@@ -569,15 +569,28 @@ class MelodyRepresentation(Representation, StepGrid, Transposable):
             pitch[high] -= 12
         return pitch
 
-    def melody(self, music: muspy.Music | NoteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The melody as monophonic ``(onset step, end step, pitch)`` arrays, in range and key."""
+    def _melody_notes(self, music: muspy.Music | NoteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The melody track's notes as ``(onset step, end step, pitch)``, before key and range."""
         table = as_note_table(music)
         notes = melody_notes(table.tracks, self.track)
         onset = self.quantize(notes[:, ONSET], table.resolution)
         end = np.maximum(self.quantize(notes[:, ONSET] + notes[:, DURATION], table.resolution), onset + 1)
-        pitch = notes[:, PITCH]
-        if self.transpose_to_c and len(pitch):
-            pitch = pitch + shift_to_c(major_key(pitch, end - onset))
+        return onset, end, notes[:, PITCH]
+
+    def _key_shift(self, onset: np.ndarray, end: np.ndarray, pitch: np.ndarray) -> int:
+        if not self.transpose_to_c or not len(pitch):
+            return 0
+        return shift_to_c(major_key(pitch, end - onset))
+
+    def key_shift(self, music: muspy.Music | NoteTable) -> int:
+        """Semitones `melody` moves ``music`` by to reach C (0 without ``transpose_to_c``), before
+        folding into range; a model that continues a primer moves its output back by this."""
+        return self._key_shift(*self._melody_notes(music))
+
+    def melody(self, music: muspy.Music | NoteTable) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The melody as monophonic ``(onset step, end step, pitch)`` arrays, in range and key."""
+        onset, end, pitch = self._melody_notes(music)
+        pitch = pitch + self._key_shift(onset, end, pitch)
         return skyline(onset, end, self._fold(pitch))
 
     def encode(self, music: muspy.Music | NoteTable) -> np.ndarray:
