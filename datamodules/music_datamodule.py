@@ -19,7 +19,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.cache import CachedCorpus, build_cache, load_cache
 from datamodules.pieces import CompactPieces, piece_steps, piece_window
-from datamodules.representations import Representation, Transposable, build_representation
+from datamodules.representations import (
+    ConditioningPrefix,
+    Representation,
+    Transposable,
+    build_representation,
+)
 from datamodules.sources import DataConfigError, Source, expand_path, printable
 
 log = logging.getLogger(__name__)
@@ -50,6 +55,10 @@ class WindowDataset(Dataset):
     ``(seed, epoch, index)``: the same for any number of DataLoader workers and after a resume, and
     different for every example and epoch. It is drawn when the index comes as ``(index, epoch)``,
     as `EpochSampler` yields it; a plain index gives the window untransposed.
+
+    With a `ConditioningPrefix` representation, every window of a piece starts with the piece's
+    prefix (its instruments, its genre): the windows are cut from the rest of the piece, each
+    ``window`` minus the prefix long.
     """
 
     def __init__(
@@ -68,16 +77,29 @@ class WindowDataset(Dataset):
         self.transposer = representation if isinstance(representation, Transposable) else None
         self.seed = int(seed)
         self.index: list[tuple[int, int]] = []
+        self.prefixes = [0] * len(arrays)  # conditioning prefix length of each piece
         for piece in range(len(arrays)):
             if window is None:
                 self.index.append((piece, 0))
                 continue
+            prefix = self.prefixes[piece] = self._prefix(piece, window)
             hop = stride or window
-            last = max(piece_steps(arrays, piece) - window, 0)
-            starts = list(range(0, last + 1, hop))
+            last = max(piece_steps(arrays, piece) - window, 0) + prefix
+            starts = list(range(prefix, last + 1, hop))
             if starts[-1] != last:  # cover the tail of the piece too
                 starts.append(last)
             self.index += [(piece, s) for s in starts]
+
+    def _prefix(self, piece: int, window: int) -> int:
+        if not isinstance(self.representation, ConditioningPrefix):
+            return 0
+        prefix = self.representation.prefix_length(piece_window(self.arrays, piece, 0, window))
+        if prefix >= window:
+            raise DataConfigError(
+                f"data.window={window}: no longer than the conditioning prefix ({prefix} tokens) of "
+                f"piece {piece}; use a longer window"
+            )
+        return prefix
 
     def __len__(self) -> int:
         return len(self.index)
@@ -98,7 +120,10 @@ class WindowDataset(Dataset):
         piece, start = self.index[i]
         length = piece_steps(self.arrays, piece) if self.window is None else self.window
         # Only this window is expanded from a `CompactPieces`, never the whole piece.
-        chunk = piece_window(self.arrays, piece, start, length)
+        prefix = self.prefixes[piece]
+        chunk = piece_window(self.arrays, piece, start, length - prefix)
+        if prefix:  # a window cut mid-piece still starts with the piece's conditioning prefix
+            chunk = np.concatenate([piece_window(self.arrays, piece, 0, prefix), chunk])
         if epoch is not None and (semitones := self.shift(chunk, i, epoch)):
             chunk = self.transposer.transpose(chunk, semitones)
         out = np.zeros((length, *chunk.shape[1:]), dtype=chunk.dtype)
