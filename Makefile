@@ -31,6 +31,7 @@ SAMPLE_ARGS = $(call arg,N,n) $(call arg,OUT,out) $(call arg,PRIMER,prompt) $(ca
 	$(call arg,INSTRUMENTS,instruments) $(call arg,ATTRIBUTE,attribute)
 
 export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
