@@ -35,7 +35,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly bench-musenet clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -82,13 +82,16 @@ format: install ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: bench-data bench-poly ## All benchmarks (results in docs/benchmarks.md)
+bench: bench-data bench-poly bench-musenet ## All benchmarks (results in docs/benchmarks.md)
 
 bench-data: install ## Preprocessing throughput vs muspy / symusic
 	$(PY) -m muselab.bench.data $(OVERRIDES)
 
 bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boulanger)
 	$(PY) -m muselab.bench.poly $(OVERRIDES)
+
+bench-musenet: install ## MuseNet: encoding speed, KV-cache sampling, Lightning vs plain loop, NLL and samples (bach, nottingham)
+	$(PY) -m muselab.bench.musenet $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

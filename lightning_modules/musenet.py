@@ -36,6 +36,7 @@ from lightning_modules.base import IncompatibleRepresentation
 from lightning_modules.layers.sampling import sample_logits
 from lightning_modules.token import TokenModule
 from muselab.errors import UserError
+from muselab.music.evaluation import music_window
 
 
 # ----------------------------------------------------------------------------------- building blocks
@@ -250,6 +251,15 @@ class MuseNet(TokenModule):
                 nn.init.normal_(parameter, mean=0.0, std=0.02 / math.sqrt(2 * n_layers))
         self._compiled = torch.compile(self._forward) if compile else None
 
+    def setup(self, stage: str) -> None:
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        window = getattr(datamodule, "window", None)
+        if window is not None and window > self.context:
+            raise UserError(
+                f"data.window={window} is longer than model.context={self.context}: shorten the windows "
+                "or lengthen the context"
+            )
+
     @staticmethod
     def _init_weights(module: nn.Module) -> None:
         if isinstance(module, nn.Linear | nn.Embedding):
@@ -361,6 +371,14 @@ class MuseNet(TokenModule):
             history = torch.cat([history, tokens[:, None]], dim=1)
         out = history[:, 1:].cpu().numpy()
         return [row[: int(end)] for row, end in zip(out, ends)]
+
+    def sample(self, n: int, length: int | None = None, *args: Any, **options: Any) -> list[Any]:
+        """`GenerativeModule.sample`; with ``bars``, notes still sounding at the end of the last bar
+        are cut there, as a window of real music is cut, so a sample of N bars is N bars long."""
+        musics = super().sample(n, length, *args, **options)
+        if options.get("bars"):
+            musics = [music_window(m, 0, options["bars"] * 4 * m.resolution) for m in musics]
+        return musics
 
     def _start_tokens(
         self, n: int, prompt: torch.Tensor | None, instruments: Any, genre: str | None
