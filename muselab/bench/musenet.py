@@ -18,8 +18,8 @@ threads and date:
   and their memorisation of the training set, all on decoded music and so comparable across models.
 
 Arguments: ``parts``, ``threads`` (2), ``files`` (200), ``notes`` (1000 per file), ``repeats`` (3),
-``tokens`` (1024), ``batch`` (4), ``steps`` (30 timed training steps per round), ``rounds`` (2),
-``minutes`` (12 per training run), ``datas`` (bach,nottingham), ``models`` (musenet,pianoroll_rnn),
+``tokens`` (1024), ``batch`` (4), ``steps`` (20 timed training steps per round), ``rounds`` (2),
+``minutes`` (20 per training run), ``datas`` (bach,nottingham), ``models`` (musenet,pianoroll_rnn),
 ``samples`` (16 per evaluation), ``bars`` (16), ``nottingham`` (a copy of the ABC folder; default:
 ``../shared/data/nottingham_abc`` copied into ``runs_dir``), ``runs_dir`` (outputs/bench-musenet),
 ``docs`` (docs/benchmarks.md; empty: do not write), ``seed``.
@@ -61,9 +61,9 @@ DEFAULTS: dict[str, Any] = {
     "repeats": 3,
     "tokens": 1024,
     "batch": 4,
-    "steps": 30,
+    "steps": 20,
     "rounds": 2,
-    "minutes": 12.0,
+    "minutes": 20.0,
     "datas": "bach,nottingham",
     "models": "musenet,pianoroll_rnn",
     "samples": 16,
@@ -97,13 +97,14 @@ def compose(overrides: list[str], output_dir: Path) -> Any:
 
 
 def commit() -> str:
-    """The code's commit (``+dirty`` when tracked files differ from it)."""
+    """The code's commit (``+dirty`` when tracked files other than Markdown differ from it)."""
 
     def git(*args: str) -> str:
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
 
     head = git("rev-parse", "--short", "HEAD") or "unknown"
-    return head + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)*.md")
+    return head + ("+dirty" if changed else "")
 
 
 def machine(threads: int) -> str:
