@@ -666,9 +666,19 @@ class MelodyRepresentation(Representation, StepGrid, Transposable):
 
 
 def build_representation(config: Representation | dict[str, Any]) -> Representation:
-    """Return ``config`` if it is already a representation, else instantiate it from its dict."""
+    """Return ``config`` if it is already a representation, else instantiate it from its dict.
+
+    A constructor's own error (a saved vocabulary this release cannot rebuild) comes out as itself,
+    not wrapped in Hydra's ``InstantiationException``, so `load_model` reports it as a bad checkpoint.
+    """
     if isinstance(config, Representation):
         return config
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(dict(config), _convert_="all")
+    try:
+        return instantiate(dict(config), _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ValueError | TypeError):
+            raise exc.__cause__ from None
+        raise

@@ -20,7 +20,7 @@ from datamodules.events import ConditioningError, EventRepresentation, distinct_
 from datamodules.notes import NoteTable
 from datamodules.representations import build_representation
 from datamodules.sources import DataConfigError, Music21CorpusSource, load_item
-from lightning_modules.base import IncompatibleRepresentation, load_model
+from lightning_modules.base import CheckpointError, IncompatibleRepresentation, load_model
 from lightning_modules.musenet import MuseNet, attention_mask, warmup_cosine
 from tests.conftest import BACH_TRACKS
 from tests.helpers import compose_train
@@ -207,7 +207,7 @@ def test_transposition_moves_pitches_never_drums_and_respects_the_range() -> Non
 
 
 def test_to_config_rebuilds_the_same_tokenizer_and_refuses_another_vocabulary(
-    chorales: list[NoteTable],
+    chorales: list[NoteTable], tmp_path: Path
 ) -> None:
     events = chorale_events(tokenizer_config={"beat_res": {"0_4": 4, "4_12": 2}})
     config = json.loads(json.dumps(events.to_config()))
@@ -217,7 +217,17 @@ def test_to_config_rebuilds_the_same_tokenizer_and_refuses_another_vocabulary(
     assert rebuilt.tokenizer.config.beat_res == {(0, 4): 4, (4, 12): 2}
     config["vocab"][10] = "Pitch_999"
     with pytest.raises(ValueError, match="rebuilds another vocabulary than the saved one"):
-        EventRepresentation(**{k: v for k, v in config.items() if k != "_target_"})
+        build_representation(config)
+    # A checkpoint whose vocabulary this miditok does not rebuild is a one-line checkpoint error.
+    model = tiny_model(events)
+    checkpoint = {"hyper_parameters": dict(model.hparams), "state_dict": model.state_dict()}
+    model.on_save_checkpoint(checkpoint)
+    checkpoint["hyper_parameters"]["representation"] = config
+    torch.save(checkpoint, tmp_path / "other-miditok.ckpt")
+    with pytest.raises(
+        CheckpointError, match=r"other-miditok\.ckpt: does not rebuild a MuseNet .*vocabulary"
+    ):
+        load_model(tmp_path / "other-miditok.ckpt")
 
 
 def test_instruments_are_named_as_people_name_them() -> None:
