@@ -23,6 +23,7 @@ a program token per note, behind a genre + instruments prefix):
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import numpy as np
@@ -158,7 +159,7 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def warmup_cosine(warmup_steps: int, total_steps: float, min_ratio: float):
+def warmup_cosine(warmup_steps: int, total_steps: float, min_ratio: float) -> Callable[[int], float]:
     """Learning-rate factor per optimiser step: linear warm-up, then a cosine down to ``min_ratio``
     at ``total_steps`` (constant after the warm-up when the total is unknown)."""
 
@@ -204,7 +205,7 @@ class MuseNet(TokenModule):
         n_layers: int = 4,
         n_heads: int = 4,
         d_model: int = 256,
-        context: int = 512,
+        context: int = 256,
         dropout: float = 0.1,
         attention_dropout: float = 0.0,
         positions: str = "rotary",
@@ -252,6 +253,7 @@ class MuseNet(TokenModule):
         self._compiled = torch.compile(self._forward) if compile else None
 
     def setup(self, stage: str) -> None:
+        # Fail before the first batch, in the config's words, rather than deep in the forward pass.
         datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         window = getattr(datamodule, "window", None)
         if window is not None and window > self.context:
@@ -294,13 +296,6 @@ class MuseNet(TokenModule):
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.blocks), self.context)
-
-    def next_logits(
-        self, history: torch.Tensor, cache: Any, new: int, use_cache: bool
-    ) -> tuple[torch.Tensor, Any]:
-        if use_cache and cache is None:
-            cache = self.new_cache()
-        return super().next_logits(history, cache, new, use_cache)
 
     # ----------------------------------------------------------------------------- generation
     @torch.no_grad()
