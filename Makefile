@@ -31,10 +31,11 @@ SAMPLE_ARGS = $(call arg,N,n) $(call arg,OUT,out) $(call arg,PRIMER,prompt) $(ca
 	$(call arg,INSTRUMENTS,instruments) $(call arg,ATTRIBUTE,attribute)
 
 export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae bench-melody
+.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae bench-melody bench-musenet
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -97,7 +98,7 @@ format: install ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-bench: bench-data bench-poly bench-melody ## All benchmarks (results in docs/benchmarks.md)
+bench: bench-data bench-poly bench-melody bench-musenet ## All benchmarks (results in docs/benchmarks.md)
 
 bench-data: install ## Preprocessing throughput vs muspy / symusic
 	$(PY) -m muselab.bench.data $(OVERRIDES)
@@ -119,6 +120,9 @@ bench-musicvae: install ## MusicVAE on Essen: 2-bar and 16-bar accuracy, attribu
 
 bench-melody: install ## Melody RNN basic/lookback/attention on Essen, same budget (about an hour)
 	$(PY) -m muselab.bench.melody $(OVERRIDES)
+
+bench-musenet: install ## MuseNet: encoding speed, KV-cache sampling, Lightning vs plain loop, NLL and samples (bach, nottingham)
+	$(PY) -m muselab.bench.musenet $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache

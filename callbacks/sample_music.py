@@ -12,7 +12,8 @@ so sampling never changes the training run's random stream, and:
   the run), TensorBoard (``add_image`` / ``add_audio`` under the same tags); CSV and no logger
   keep the files on disk only;
 - logs scalars (every logger): ``sample/<metric>`` (`MusicMetrics` means over the samples),
-  ``sample/n_notes``, once ``data/<metric>`` (real validation windows of as many bars, measured on
+  ``sample/n_notes``, the model's figures about decoding its samples (``sample/bad_tokens`` for
+  event tokens: `GenerativeModule.last_sample_figures`), once ``data/<metric>`` (real validation windows of as many bars, measured on
   decoded music like the samples: `muselab.music.MusicReference`),
   ``overfit/loss_gap`` (val - train loss), ``overfit/loss_ratio`` (val / train loss),
   ``overfit/memorization`` (share of generated n-bar windows copied verbatim from the training
@@ -228,6 +229,7 @@ class SampleMusic(Callback):
         )
         reference = self.reference(trainer, pl_module, max(n_bars(m, self.beats_per_bar) for m in musics))
         metrics = music_report(musics, reference, self.beats_per_bar)
+        metrics.update({f"sample/{k}": v for k, v in getattr(pl_module, "last_sample_figures", {}).items()})
         metrics.update(loss_gap(trainer.callback_metrics, split))
         real_files: list[dict[str, Path | None]] = []
         if reference is not None and not self._real_logged:

@@ -21,7 +21,12 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from datamodules.cache import CachedCorpus, build_cache, load_cache
 from datamodules.pieces import CompactPieces, piece_steps, piece_window
-from datamodules.representations import Representation, Transposable, build_representation
+from datamodules.representations import (
+    ConditioningPrefix,
+    Representation,
+    Transposable,
+    build_representation,
+)
 from datamodules.sources import DataConfigError, Source, expand_path, printable
 
 log = logging.getLogger(__name__)
@@ -45,11 +50,15 @@ class WindowIndex(Sequence[tuple[int, int]]):
     its length and the running count of windows.
 
     Windows start every ``hop`` steps, plus one that ends at the piece's last step when the hops do
-    not reach it (so the tail is covered); ``window=None``: one window per piece, at 0.
+    not reach it (so the tail is covered); ``window=None``: one window per piece, at 0. ``offsets``
+    (per piece) shift every start of a piece: its windows are cut after its conditioning prefix.
     """
 
-    def __init__(self, lengths: np.ndarray, window: int | None, hop: int | None) -> None:
+    def __init__(
+        self, lengths: np.ndarray, window: int | None, hop: int | None, offsets: np.ndarray | None = None
+    ) -> None:
         self.window, self.hop = window, hop
+        self.offsets = offsets if offsets is not None and offsets.any() else None
         if window is None:
             self.last = np.zeros(len(lengths), dtype=np.int64)
             counts = np.ones(len(lengths), dtype=np.int64)
@@ -68,7 +77,8 @@ class WindowIndex(Sequence[tuple[int, int]]):
         k = i - (int(self.ends[piece - 1]) if piece else 0)
         if self.window is None:
             return piece, 0
-        return piece, min(k * self.hop, int(self.last[piece]))
+        start = min(k * self.hop, int(self.last[piece]))
+        return piece, start + (int(self.offsets[piece]) if self.offsets is not None else 0)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Sequence) and list(self) == list(other)
@@ -89,6 +99,10 @@ class WindowDataset(Dataset):
     ``(seed, epoch, index)``: the same for any number of DataLoader workers and after a resume, and
     different for every example and epoch. It is drawn when the index comes as ``(index, epoch)``,
     as `EpochSampler` yields it; a plain index gives the window untransposed.
+
+    With a `ConditioningPrefix` representation, every window of a piece starts with the piece's
+    prefix (its instruments, its genre): the windows are cut from the rest of the piece, each
+    ``window`` minus the prefix long.
     """
 
     def __init__(
@@ -107,7 +121,23 @@ class WindowDataset(Dataset):
         self.transposer = representation if isinstance(representation, Transposable) else None
         self.seed = int(seed)
         lengths = np.array([piece_steps(arrays, piece) for piece in range(len(arrays))], dtype=np.int64)
-        self.index = WindowIndex(lengths, window, stride or window)
+        # conditioning prefix length of each piece (0 without a ConditioningPrefix representation)
+        self.prefixes = np.array(
+            [self._prefix(piece, window) if window is not None else 0 for piece in range(len(arrays))],
+            dtype=np.int64,
+        )
+        self.index = WindowIndex(lengths, window, stride or window, offsets=self.prefixes)
+
+    def _prefix(self, piece: int, window: int) -> int:
+        if not isinstance(self.representation, ConditioningPrefix):
+            return 0
+        prefix = self.representation.prefix_length(piece_window(self.arrays, piece, 0, window))
+        if prefix >= window:
+            raise DataConfigError(
+                f"data.window={window}: no longer than the conditioning prefix ({prefix} tokens) of "
+                f"piece {piece}; use a longer window"
+            )
+        return prefix
 
     def __len__(self) -> int:
         return len(self.index)
@@ -128,7 +158,10 @@ class WindowDataset(Dataset):
         piece, start = self.index[i]
         length = piece_steps(self.arrays, piece) if self.window is None else self.window
         # Only this window is expanded from a `CompactPieces`, never the whole piece.
-        chunk = piece_window(self.arrays, piece, start, length)
+        prefix = int(self.prefixes[piece])
+        chunk = piece_window(self.arrays, piece, start, length - prefix)
+        if prefix:  # a window cut mid-piece still starts with the piece's conditioning prefix
+            chunk = np.concatenate([piece_window(self.arrays, piece, 0, prefix), chunk])
         if epoch is not None and (semitones := self.shift(chunk, i, epoch)):
             chunk = self.transposer.transpose(chunk, semitones)
         out = np.zeros((length, *chunk.shape[1:]), dtype=chunk.dtype)

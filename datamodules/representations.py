@@ -14,7 +14,10 @@ Everything else is an optional capability that a representation has or lacks:
   augmentation (never moving a drum track);
 - `CompactStorage`: a smaller form for the cache (`compact_codec` gives every representation one,
   the encoded array itself when it has none);
-- `StepGrid`: a fixed time grid (steps per beat), with ``new_music`` and ``quantize`` helpers.
+- `StepGrid`: a fixed time grid (steps per beat), with ``new_music`` and ``quantize`` helpers;
+- `ConditioningPrefix`: every encoded piece starts with conditioning tokens (its instruments, its
+  genre) that every training window starts with too;
+- `ReportsDecoding`: figures about decoding generated arrays (tokens it had to skip).
 """
 
 from __future__ import annotations
@@ -155,6 +158,28 @@ class Transposable(ABC):
         """Semitones ``array`` can move down and up with every note staying in range (None: silent)."""
         extent = self.pitch_extent(array)
         return None if extent is None else (extent[0], self.n_pitches - 1 - extent[1])
+
+
+class ConditioningPrefix(ABC):
+    """Capability: an encoded piece starts with conditioning tokens that describe all of it (its
+    instruments, its genre), as MuseNet's sequences do.
+
+    `WindowDataset` starts every window with the piece's prefix, wherever the window is cut, so a
+    model always reads what it is conditioned on.
+    """
+
+    @abstractmethod
+    def prefix_length(self, array: np.ndarray) -> int:
+        """How many leading entries of ``array`` (a piece, or its beginning) are its conditioning prefix."""
+
+
+class ReportsDecoding(ABC):
+    """Capability: figures about decoding generated arrays, e.g. the tokens of an order no piece has
+    that ``decode`` skipped. `GenerativeModule.sample` keeps them in ``last_sample_figures``, and the
+    `SampleMusic` callback and ``make evaluate`` log them as ``sample/<name>``."""
+
+    @abstractmethod
+    def decode_report(self, arrays: Sequence[np.ndarray]) -> dict[str, float]: ...
 
 
 class CompactStorage(ABC):
@@ -654,9 +679,19 @@ class MelodyRepresentation(Representation, StepGrid, Transposable):
 
 
 def build_representation(config: Representation | dict[str, Any]) -> Representation:
-    """Return ``config`` if it is already a representation, else instantiate it from its dict."""
+    """Return ``config`` if it is already a representation, else instantiate it from its dict.
+
+    A constructor's own error (a saved vocabulary this release cannot rebuild) comes out as itself,
+    not wrapped in Hydra's ``InstantiationException``, so `load_model` reports it as a bad checkpoint.
+    """
     if isinstance(config, Representation):
         return config
+    from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
-    return instantiate(dict(config), _convert_="all")
+    try:
+        return instantiate(dict(config), _convert_="all")
+    except InstantiationException as exc:
+        if isinstance(exc.__cause__, ValueError | TypeError):
+            raise exc.__cause__ from None
+        raise

@@ -30,7 +30,7 @@ import torch
 import torchmetrics
 
 from datamodules.notes import NoteTable
-from datamodules.representations import Representation, build_representation
+from datamodules.representations import ReportsDecoding, Representation, build_representation
 from muselab.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,8 @@ class GenerativeModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.monitor = monitor
         self.monitor_mode = monitor_mode
+        # Figures about the last `sample` call's decoding (a `ReportsDecoding` representation's).
+        self.last_sample_figures: dict[str, float] = {}
 
     def save_model_hyperparameters(self, **extra: Any) -> None:
         """Save the subclass's init args, with the representation as a plain config dict."""
@@ -144,7 +146,9 @@ class GenerativeModule(L.LightningModule):
 
         ``prompt`` (a primer: music, or an encoded array) starts every piece; without ``length`` the
         pieces then run `default_length` past it. ``options`` go to ``generate`` unchanged; one it
-        does not take is an error that lists those it does.
+        does not take is an error that lists those it does. A `ReportsDecoding` representation's
+        figures about the generated arrays (tokens it had to skip) are kept in
+        ``last_sample_figures``.
         """
         known = self.sample_options()
         takes_any = any(
@@ -177,7 +181,10 @@ class GenerativeModule(L.LightningModule):
             arrays = self.generate(n, length, temperature=temperature, prompt=encoded, **options)
         finally:
             self.train(was_training)
-        return [self.representation.decode(_numpy(a)) for a in arrays]
+        arrays = [_numpy(a) for a in arrays]
+        if isinstance(self.representation, ReportsDecoding):
+            self.last_sample_figures = self.representation.decode_report(arrays)
+        return [self.representation.decode(a) for a in arrays]
 
     # ----------------------------------------------------------------------------- training
     def _shared_step(self, batch: dict[str, torch.Tensor], split: str) -> torch.Tensor:

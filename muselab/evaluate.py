@@ -118,6 +118,7 @@ def evaluate(
     splits = datamodule.split_arrays
     reference = MusicReference(splits["test"], splits["train"], model.representation, bars, n_real)
     metrics.update(music_report(musics, reference))
+    metrics.update({f"sample/{k}": v for k, v in model.last_sample_figures.items()})
     metrics.update(reference.data_metrics())
     if reference.windows and reference.memorization is not None:
         metrics["data/memorization"] = reference.memorization.score(reference.windows)
@@ -190,7 +191,10 @@ def markdown_report(report: dict[str, Any]) -> str:
         "| metric | generated | real | overlap |",
         "| --- | --- | --- | --- |",
     ]
-    for name in (*METRIC_NAMES, "n_notes"):
+    listed = (*METRIC_NAMES, "n_notes")
+    # Then the model's own figures about its samples (tokens decoding skipped, ...).
+    extra = [k.split("/", 1)[1] for k in m if k.startswith("sample/") and k.split("/", 1)[1] not in listed]
+    for name in (*listed, *extra):
         gen, real = m.get(f"sample/{name}"), m.get(f"data/{name}")
         if gen is None and real is None:
             continue
