@@ -34,7 +34,7 @@ export WANDB_MODE ?= offline
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly clean
+.PHONY: help install install-audio train sample evaluate test test-all lint format bench bench-data bench-poly bench-midinet clean
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -88,6 +88,9 @@ bench-data: install ## Preprocessing throughput vs muspy / symusic
 
 bench-poly: install ## Boulanger polyphonic benchmark (needs ../shared/data/boulanger)
 	$(PY) -m muselab.bench.poly $(OVERRIDES)
+
+bench-midinet: install ## MidiNet + multi-track on bach and nottingham: make bench-midinet nottingham_root=/copy/of/nottingham_abc
+	$(PY) -m muselab.bench.midinet $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache
