@@ -909,8 +909,8 @@ class MidiNet(GenerativeModule):
         """A decoded piece as the model gives it: its generated tracks only (in place), and with a
         progression (``(bars, 13)`` from step ``start``) a ``chords`` track that plays it."""
         music.tracks = [music.tracks[c] for c in self.channels]
-        if self.skyline:
-            music.tracks[0].name = "melody"
+        if self.melody and (self.skyline or music.tracks[0].name == f"track{self.channels[0]}"):
+            music.tracks[0].name = "melody"  # the skyline, or a track the layout gives no name
         if progression is not None:
             music.tracks.append(self.chord_track_music(progression, start, music.get_end_time()))
         return music

@@ -171,6 +171,10 @@ def test_melody_track_choice_and_skyline() -> None:
     top = skyline.generated_tracks(roll)[:, 0]  # (steps, pitches)
     assert [int(r.argmax()) + 48 if r.any() else None for r in top] == [60, 67, 67, 55]
     assert top.sum(-1).tolist() == [1, 1, 1, 1]
+    # A melody model's track is called what the layout calls it, else "melody".
+    assert [t.name for t in skyline.sample(1, 16)[0].tracks] == ["melody", "chords"]
+    lead_sheet = MidiNet(lead_sheet_representation(), melody_track=0, chord_track=1, **SMALL)
+    assert [t.name for t in lead_sheet.sample(1, 16)[0].tracks] == ["melody", "chords"]
     with pytest.raises(UserError, match="melody_track=5"):
         MidiNet(rep, melody_track=5, **SMALL)
 
