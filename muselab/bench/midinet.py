@@ -303,7 +303,7 @@ def render_section(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 
 
 def code_commit() -> str:
-    """The commit the code runs from, marked when tracked files differ from it."""
+    """The commit the code runs from, marked when tracked files other than docs differ from it."""
     import subprocess
 
     def git(*args: str) -> str:
@@ -311,7 +311,9 @@ def code_commit() -> str:
 
     commit = git("rev-parse", "--short", "HEAD") or "unknown"
     return commit + (
-        " (with uncommitted changes)" if git("status", "--porcelain", "--untracked-files=no") else ""
+        " (with uncommitted changes)"
+        if git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!docs", ":!*.md")
+        else ""
     )
 
 
