@@ -587,3 +587,4 @@ def test_benchmark_measures_samples_beside_real_windows_and_keeps_other_runs(
     text = docs.read_text()
     assert "## Other\n\nkept" in text and "### multitrack-bach (2026-01-01)" in text
     assert "| chord-tone ratio (melody notes on the bar's triad) |" in text
+    assert f"({data['tonal_distance_p10']:.2f}–" in text

@@ -81,7 +81,7 @@ FIGURES: list[tuple[str, str]] = [
     ("qualified_note_rate", f"qualified notes (QN): ≥ {QUALIFIED_NOTE_STEPS} steps at 24/beat (paper)"),
     ("long_note_rate", "notes of ≥ 2 grid steps (an 8th or longer)"),
     ("notes_per_bar", "notes per bar and generated track"),
-    ("tonal_distance", "tonal distance between tracks (TD)"),
+    ("tonal_distance", "tonal distance between tracks (TD; middle 80 % of pieces)"),
     ("chord_tone_ratio", "chord-tone ratio (melody notes on the bar's triad)"),
     ("chord_tone_ratio_other", "chord-tone ratio against another piece's chords (chance)"),
     ("diversity", "diversity: mean pairwise distance of bars (cells)"),
@@ -132,8 +132,14 @@ def piece_figures(
 
 
 def mean_figures(rows: list[dict[str, float]]) -> dict[str, float]:
-    keys = dict.fromkeys(k for r in rows for k in r)
-    return {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys}
+    """The mean of each figure over the pieces that have it, and ``<figure>_p10`` / ``_p90``: the
+    range of the middle 80 % of the pieces (what "within the data's range" is judged against)."""
+    out = {}
+    for key in dict.fromkeys(k for r in rows for k in r):
+        values = [r[key] for r in rows if key in r]
+        out[key] = float(np.mean(values))
+        out[f"{key}_p10"], out[f"{key}_p90"] = (float(v) for v in np.percentile(values, [10, 90]))
+    return out
 
 
 @torch.no_grad()
@@ -253,13 +259,21 @@ def _fmt(key: str, value: float | None) -> str:
     return f"{value:.2f}"
 
 
+def _cell(key: str, figures: dict[str, float]) -> str:
+    """The mean, and for the tonal distance the middle 80 % of the pieces."""
+    text = _fmt(key, figures.get(key))
+    if key == "tonal_distance" and f"{key}_p10" in figures:
+        text += f" ({figures[f'{key}_p10']:.2f}–{figures[f'{key}_p90']:.2f})"
+    return text
+
+
 def run_table(row: dict[str, Any]) -> str:
     lines = ["| figure | samples | data (test windows) |", "|---|---:|---:|"]
     for key, label in FIGURES:
         sample, data = row["samples"].get(key), row["data"].get(key)
         if sample is None and data is None:
             continue
-        lines.append(f"| {label} | {_fmt(key, sample)} | {_fmt(key, data)} |")
+        lines.append(f"| {label} | {_cell(key, row['samples'])} | {_cell(key, row['data'])} |")
     return "\n".join(lines)
 
 
