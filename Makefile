@@ -35,7 +35,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_SILENT ?= true
 export PYTHONUNBUFFERED := 1
 
-.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae bench-melody bench-musenet
+.PHONY: help install install-audio install-browser train sweep compare sample evaluate test test-all lint format bench bench-data bench-poly bench-default bench-denormal bench-scale clean interpolate bench-musicvae bench-melody bench-musenet bench-midinet
 
 help: ## Show this help
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}'
@@ -123,6 +123,9 @@ bench-melody: install ## Melody RNN basic/lookback/attention on Essen, same budg
 
 bench-musenet: install ## MuseNet: encoding speed, KV-cache sampling, Lightning vs plain loop, NLL and samples (bach, nottingham)
 	$(PY) -m muselab.bench.musenet $(OVERRIDES)
+
+bench-midinet: install ## MidiNet + multi-track on bach and nottingham: make bench-midinet nottingham_root=/copy/of/nottingham_abc
+	$(PY) -m muselab.bench.midinet $(OVERRIDES)
 
 clean: ## Remove caches and outputs (keeps .venv)
 	rm -rf outputs logs .cache .pytest_cache .ruff_cache
