@@ -282,13 +282,17 @@ def compose_sweep_config(spec: SweepSpec, extra: list[str] = ()) -> DictConfig:
     """The train config of a sweep's command (and ``extra`` overrides), as its trials start from."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
     from hydra.errors import HydraException
 
     overrides = normalize_overrides([*spec.command_overrides, *extra])
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-            return compose(config_name="train", overrides=overrides)
+            cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
+        # ${hydra:runtime.choices.data} (an event representation's genre) resolves, as in a run
+        HydraConfig.instance().set_config(cfg)
+        return cfg
     except HydraException as err:
         raise SweepError(f"{spec.path}: its command does not compose: {str(err).splitlines()[0]}") from None
     finally:

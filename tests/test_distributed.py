@@ -162,6 +162,7 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_its_run(tmp_path: Path, c
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # a job of its own, so its W&B service process ends with it
     )
     last = run_dir / "checkpoints" / "last.ckpt"
     try:
@@ -177,7 +178,9 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_its_run(tmp_path: Path, c
             time.sleep(0.5)
         time.sleep(2)  # the requeue call follows the checkpoint
     finally:
-        first.kill()  # SLURM ends the job after the grace period
+        # SLURM ends the whole job after the grace period: the W&B service too, else it still holds
+        # the run id when the requeued job resumes the run
+        os.killpg(first.pid, signal.SIGKILL)
         output = first.communicate()[0]
     [hpc] = run_dir.glob("hpc_ckpt_*.ckpt")
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"], output[-3000:]

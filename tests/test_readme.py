@@ -77,7 +77,8 @@ def write_midi_files(folder: Path) -> None:
             ("Bass", 33, 36, False),
             ("Drums", 0, 36, True),
         ):
-            notes = [muspy.Note(2 * j, int(low + rng.integers(0, 12)), 2, 80) for j in range(64)]
+            # 20 bars: long enough for the 16-bar models (musicvae_trio keeps pieces of 16 bars and more)
+            notes = [muspy.Note(2 * j, int(low + rng.integers(0, 12)), 2, 80) for j in range(160)]
             music.tracks.append(muspy.Track(program=program, is_drum=is_drum, name=name, notes=notes))
         muspy.write_midi(folder / f"song{i}.mid", music)
 
@@ -104,6 +105,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     home = root / "home"
     write_midi_files(home / "my_midi")
     write_midi_files(home / "my midi")  # the README shows how a path with a space is quoted
+    write_midi_files(home / "midi")
     (root / "abc").mkdir()
     for i in range(3):
         (root / "abc" / f"tunes{i}.abc").write_text(ABC)
