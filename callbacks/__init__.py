@@ -1,1 +1,2 @@
-"""Lightning callbacks and evaluation metrics for MuseLab (sampling, rendering, music metrics)."""
+"""Lightning callbacks for MuseLab: per-epoch samples, polyphonic NLL, checkpoints and training guards
+(the metrics and rendering they use live in `muselab.music`)."""

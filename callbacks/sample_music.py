@@ -66,7 +66,7 @@ class SampleMusic(Callback):
         images: draw a piano-roll PNG per sample.
         n_real: real validation windows measured once for ``data/`` and the overlaps.
         memorization_bars: window length of the memorisation index (capped by the samples' bars).
-        audio_backend: ``auto``, ``fluidsynth``, ``symusic`` or ``numpy`` (see `callbacks.rendering`).
+        audio_backend: ``auto``, ``fluidsynth``, ``symusic`` or ``numpy`` (see `muselab.music.rendering`).
         sample_rate: audio sample rate.
         beats_per_bar: bar length for the bar metrics.
         dirpath: root of the ``samples/`` folder (default: ``trainer.default_root_dir``).

@@ -22,6 +22,8 @@ Everything else is an optional capability that a representation has or lacks:
 
 from __future__ import annotations
 
+import copy
+
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -577,6 +579,15 @@ class MelodyRepresentation(Representation, StepGrid, Transposable):
         self.track = track
         self.transpose_to_c = bool(transpose_to_c)
         self.program = int(program)
+
+    def for_files(self) -> MelodyRepresentation:
+        """This representation for a user's file (a primer, a piece to interpolate): its melody is
+        found by track name or program, else the only pitched track, else the skyline
+        (``track="auto"``), whatever track the training data was read from (``track: 0`` for the
+        one-track Essen tunes would take a multi-track file's first track, often not the melody)."""
+        found = copy.copy(self)
+        found.track = "auto"
+        return found
 
     @property
     def n_pitches(self) -> int:

@@ -123,12 +123,19 @@ class GenerativeModule(L.LightningModule):
         parameters = inspect.signature(self.generate).parameters
         return [p for p in parameters if p not in ("n", "length", "temperature", "prompt")]
 
+    @property
+    def file_representation(self) -> Representation:
+        """The representation a user's file is read with: the training one, or its ``for_files()``
+        variant where it has one (a melody read from whichever track holds it)."""
+        for_files = getattr(self.representation, "for_files", None)
+        return for_files() if callable(for_files) else self.representation
+
     def encode_prompt(
         self, prompt: muspy.Music | NoteTable | np.ndarray | torch.Tensor, n: int
     ) -> torch.Tensor:
         """A primer as a ``(n, steps, ...)`` tensor in the representation's layout."""
         if isinstance(prompt, muspy.Music | NoteTable):
-            prompt = self.representation.encode(prompt)
+            prompt = self.file_representation.encode(prompt)
         array = torch.as_tensor(np.asarray(prompt) if not isinstance(prompt, torch.Tensor) else prompt)
         if array.dtype == torch.bool:
             array = array.float()

@@ -840,7 +840,7 @@ class MusicVAE(GenerativeModule):
         """Pieces as a batch: each encoded, its first `steps` steps kept (zero-padded if shorter)."""
         rows = []
         for music in musics:
-            array = music if isinstance(music, np.ndarray) else self.representation.encode(music)
+            array = music if isinstance(music, np.ndarray) else self.file_representation.encode(music)
             x = torch.as_tensor(np.asarray(array)[: self.steps])
             x = x.float() if self.kind == "pianoroll" else x.long()
             rows.append(self._fit(x[None], None)[0][0])

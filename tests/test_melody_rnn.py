@@ -381,3 +381,20 @@ def test_bad_settings_are_one_line_errors_naming_the_key() -> None:
         MelodyRNN(REPRESENTATION, encoder="lookahead")
     with pytest.raises(UserError, match="at least 1"):
         model("basic").generate(1, 16, beam_size=0)
+
+
+def test_a_multitrack_primer_gives_its_melody_even_to_a_model_trained_on_track_0() -> None:
+    """Essen checkpoints read track 0 (the tunes have one track); a user's primer with the bass first
+    and a track named Melody must still give the melody, not the bass."""
+    melody = [muspy.Note(4 * i, 64 + (i % 3), 4, 80) for i in range(8)]
+    bass = [muspy.Note(8 * i, 40, 8, 80) for i in range(4)]
+    music = muspy.Music(
+        resolution=4,
+        tracks=[muspy.Track(program=33, name="Bass", notes=bass), muspy.Track(program=0, name="Melody", notes=melody)],
+    )
+    rep = MelodyRepresentation(pitch_low=36, pitch_high=83, track=0)
+    model_ = MelodyRNN(rep, encoder="basic", hidden_size=16)
+    prompt = model_.encode_prompt(music, 1)[0].numpy()
+    assert np.array_equal(prompt, MelodyRepresentation(pitch_low=36, pitch_high=83, track=1).encode(music))
+    assert not np.array_equal(prompt, rep.encode(music))  # track 0 (the bass) is what the data setting reads
+    assert rep.track == 0  # the model's own representation is untouched

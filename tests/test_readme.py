@@ -116,7 +116,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def substitute(command: str, world: dict[str, Path], checkpoints: dict[str, str]) -> str | None:
     """The command with its placeholders replaced; None when a checkpoint it needs does not exist."""
     files = world["files"]
-    for placeholder in ("/path/to/abc", "/data/nottingham_abc"):
+    for placeholder in ("/path/to/nottingham_abc", "/path/to/abc", "/data/nottingham_abc"):
         command = command.replace(placeholder, str(world["abc"]))
     for name in ("tune.mid", "song.mid", "a.mid", "b.mid", "tune.abc"):
         command = command.replace(name, str(files / ("song1.mid" if name == "b.mid" else "song0.mid")))
