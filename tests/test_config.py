@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 from hydra.utils import get_class, instantiate
+from omegaconf import OmegaConf
 
 from lightning_modules.base import GenerativeModule, IncompatibleRepresentation
 from muselab.utils import instantiate_checked
@@ -108,3 +109,26 @@ def test_cli_wrong_type_names_key(tmp_path: Path) -> None:
     assert result.returncode != 0
     out = result.stderr + result.stdout
     assert "trainer.max_epochs" in out and "expects int" in out
+
+
+EXPERIMENTS = sorted(p.stem for p in Path(CONF_DIR, "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_with_its_model_named_twice(experiment: str, tmp_path: Path) -> None:
+    """The README runs presets as `make train MODEL=<m> experiment=<e>`: the preset's own model
+    override and the command line's must compose together, and every preset key must be real."""
+    text = Path(CONF_DIR, "experiment", f"{experiment}.yaml").read_text()
+    model = next(
+        (line.split(":", 1)[1].strip() for line in text.splitlines() if "override /model:" in line), None
+    )
+    overrides = [f"experiment={experiment}"]
+    if model:
+        overrides.insert(0, f"model={model}")
+    cfg = compose_train(overrides, output_dir=tmp_path)
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    assert model_cfg["_target_"]
+    if experiment.endswith("_paper"):  # Magenta's sizes reach the model config
+        assert (cfg.layout.pitch_low, cfg.layout.pitch_high) == (21, 108)
+        assert model_cfg["z_size"] in (256, 512) and model_cfg["encoder_size"] in (512, 2048)
+        assert cfg.trainer.max_time is None
