@@ -23,7 +23,6 @@ Everything else is an optional capability that a representation has or lacks:
 from __future__ import annotations
 
 import copy
-
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass

@@ -197,11 +197,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             if resume_from and summary_file.is_file()
             else 0.0
         )
-        summary = run_summary(trainer, model, metrics, n_params, earlier + time.perf_counter() - start)
+        summary = {
+            **datamodule.data_summary(),  # pieces per split, skipped files, track routing
+            **run_summary(trainer, model, metrics, n_params, earlier + time.perf_counter() - start),
+        }
         if loggers:
-            log_run_summary(loggers, {**datamodule.data_summary(), **summary})
+            log_run_summary(loggers, summary)
         out_dir.mkdir(parents=True, exist_ok=True)
-        summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True))
+        summary_file.write_text(json.dumps(summary, indent=2, sort_keys=True, default=str))
     samples: list[str] = []
     if trainer.is_global_zero and cfg.n_samples > 0:
         musics = model.sample(cfg.n_samples, cfg.sample_length, cfg.sample_temperature)

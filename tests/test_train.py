@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import signal
@@ -39,6 +40,10 @@ def test_train_writes_checkpoints_wandb_run_and_playable_sample(tmp_path: Path, 
     [midi] = out["samples"]
     music = muspy.read_midi(midi)
     assert len(music.tracks) >= 1 and sum(len(t.notes) for t in music.tracks) > 0
+    # summary.json holds what the data was (pieces per split, routing) beside the run's figures
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["data/pieces_train"] > 0 and "best/val/loss" in summary
+    assert any(k.startswith("data/routing") for k in summary)
 
 
 def test_csv_and_tensorboard_loggers(tmp_path: Path, cache_dir: Path) -> None:
