@@ -390,7 +390,10 @@ def test_a_multitrack_primer_gives_its_melody_even_to_a_model_trained_on_track_0
     bass = [muspy.Note(8 * i, 40, 8, 80) for i in range(4)]
     music = muspy.Music(
         resolution=4,
-        tracks=[muspy.Track(program=33, name="Bass", notes=bass), muspy.Track(program=0, name="Melody", notes=melody)],
+        tracks=[
+            muspy.Track(program=33, name="Bass", notes=bass),
+            muspy.Track(program=0, name="Melody", notes=melody),
+        ],
     )
     rep = MelodyRepresentation(pitch_low=36, pitch_high=83, track=0)
     model_ = MelodyRNN(rep, encoder="basic", hidden_size=16)

@@ -192,8 +192,12 @@ def test_every_readme_make_command_runs_as_written(world: dict[str, Path], tmp_p
         ran.append(original)
         if words[1] == "train":
             last = tmp_path / f"run{i}" / "checkpoints" / "last.ckpt"
-            assert last.is_file(), f"{original}: no checkpoint written\n{' '.join(words)}\n{result.stderr[-2000:]}"
+            assert last.is_file(), (
+                f"{original}: no checkpoint written\n{' '.join(words)}\n{result.stderr[-2000:]}"
+            )
             if resumed:
-                assert "Restored all states from the checkpoint" in result.stderr, f"{original}: did not resume"
+                assert "Restored all states from the checkpoint" in result.stderr, (
+                    f"{original}: did not resume"
+                )
             checkpoints.setdefault(model, str(last))
     assert len(ran) >= len(commands) // 2, f"only {len(ran)} of {len(commands)} README commands ran"
