@@ -557,6 +557,7 @@ class MusicDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             collate_fn=pad_collate,
             persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),  # page-locked batches copy to the GPU asynchronously
             drop_last=False,
             # Its own generator: making an iterator draws a worker seed, and from the global generator
             # that draw would shift the random numbers training sees (a resume could not match).

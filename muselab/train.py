@@ -170,6 +170,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_layout(resume_from, model)
     callbacks = build_callbacks(cfg.get("callbacks"))
     loggers = build_loggers(cfg.get("logger"))
+    if (
+        str(cfg.trainer.get("precision")).startswith("bf16")
+        and torch.cuda.is_available()
+        and not torch.cuda.is_bf16_supported()
+    ):
+        # bf16 needs Ampere or newer; on an older GPU (V100, T4) fp16 with loss scaling is the mixed mode
+        log.warning("trainer.precision=%s: this GPU has no bf16; using 16-mixed", cfg.trainer.precision)
+        cfg.trainer.precision = "16-mixed"
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
 
     run_config = OmegaConf.to_container(
