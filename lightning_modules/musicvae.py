@@ -763,9 +763,9 @@ class MusicVAE(GenerativeModule):
         stats = self.latents[split].compute()
         self.latents[split].reset()
         self.log(f"{split}/active_units", stats["active_units"], sync_dist=False)
-        if self.log_kl_dimensions and split == "val":
+        if self.log_kl_dimensions:  # the posterior-collapse watch, on validation and test alike
             for i, value in enumerate(stats["kl_per_dimension"]):
-                self.log(f"val/kl_dim/{i:03d}", value, sync_dist=False)
+                self.log(f"{split}/kl_dim/{i:03d}", value, sync_dist=False)
         if update_attributes and "attribute_vectors" in stats:
             self.attribute_vectors.copy_(stats["attribute_vectors"])
             self.attribute_defined.copy_(stats["attribute_defined"])

@@ -449,6 +449,8 @@ def test_a_trained_checkpoint_logs_the_figures_and_holds_attribute_vectors(train
         "val/active_units",
         "val/kl_dim/000",
         "test/sampled_accuracy",
+        "test/active_units",
+        "test/kl_dim/000",
     ):
         assert name in metrics, name
     assert f"val/kl_dim/{TINY['z_size'] - 1:03d}" in metrics
