@@ -164,7 +164,7 @@ class GenerativeModule(L.LightningModule):
         )
         unknown = [k for k in options if k not in known]
         if unknown and not takes_any:
-            raise ValueError(
+            raise UserError(
                 f"{type(self).__name__} does not take the sampling option(s) {', '.join(map(repr, unknown))}; "
                 f"it takes: {', '.join(known) or 'none'}"
             )

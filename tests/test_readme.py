@@ -122,8 +122,13 @@ def substitute(command: str, world: dict[str, Path], checkpoints: dict[str, str]
         command = command.replace(name, str(files / ("song1.mid" if name == "b.mid" else "song0.mid")))
     model_ckpt = re.search(r"(CKPT=|ckpt_path=)(\S*<run>\S*|\.\.\.\S*)", command)
     if model_ckpt:
-        model = re.search(r"outputs/([a-z0-9_]+?)-", model_ckpt.group(2))
-        key = model.group(1) if model else next(iter(checkpoints), None)
+        run = re.search(r"outputs/([a-z0-9_]+?)-([a-z0-9_]+)/", model_ckpt.group(2))
+        # the run of that model on that data where the README trained one, else that model's first
+        key = next(
+            (k for k in (run and f"{run.group(1)}-{run.group(2)}", run and run.group(1)) if k in checkpoints),
+            None,
+        )
+        key = key if run else next(iter(checkpoints), None)
         if key not in checkpoints:
             return None
         command = command.replace(model_ckpt.group(0), model_ckpt.group(1) + checkpoints[key])
@@ -200,4 +205,5 @@ def test_every_readme_make_command_runs_as_written(world: dict[str, Path], tmp_p
                     f"{original}: did not resume"
                 )
             checkpoints.setdefault(model, str(last))
+            checkpoints.setdefault(f"{model}-{data}", str(last))
     assert len(ran) >= len(commands) // 2, f"only {len(ran)} of {len(commands)} README commands ran"
