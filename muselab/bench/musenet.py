@@ -475,7 +475,7 @@ def render(results: dict[str, Any]) -> str:
         SECTION,
         "",
         "The event-token transformer (`model=musenet`: 4 pre-LN blocks x 256, rotary positions, "
-        "context 512, `representation=events`: miditok REMI with a program token per note behind a "
+        "context 256, `representation=events`: miditok REMI with a program token per note behind a "
         "genre + instruments prefix). Rendered by `muselab.bench.musenet` from the stored results of "
         "each part; each part says the commit, command, machine and threads it ran with.",
         "",
