@@ -22,6 +22,10 @@ def _wandb_offline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_CACHE_DIR", str(tmp_path / "wandb-cache"))
     monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb-config"))
+    # A W&B run in this process leaves its service's address in WANDB_SERVICE; a child process that
+    # inherits it attaches to that service, which outlives the child, so a second child resuming the
+    # same run id is refused ("run ID ... is in use"). Each child starts its own service, as in real use.
+    monkeypatch.delenv("WANDB_SERVICE", raising=False)
 
 
 @pytest.fixture(scope="session")

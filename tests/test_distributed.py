@@ -112,11 +112,16 @@ def test_bf16_mixed_trains_on_the_cpu(tmp_path: Path, cache_dir: Path) -> None:
 
 def _slurm_env(tmp_path: Path, job_id: str) -> dict[str, str]:
     """What SLURM sets for one task of a one-node, one-task job (Lightning reads these), and a
-    `scontrol` on PATH that records the requeue instead of talking to a cluster this machine lacks."""
+    `scontrol` on PATH that records the requeue and then ends the job, as SLURM does, instead of
+    talking to a cluster this machine lacks. The job must run in a process group of its own."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     scontrol = bin_dir / "scontrol"
-    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path / "scontrol.log"}\n')
+    scontrol.write_text(
+        f"#!{sys.executable}\nimport os, signal, sys\n"
+        f"with open({str(tmp_path / 'scontrol.log')!r}, 'a') as log:\n    print(*sys.argv[1:], file=log)\n"
+        "os.killpg(os.getpgid(0), signal.SIGKILL)\n"
+    )
     scontrol.chmod(0o755)
     return {
         **os.environ,
@@ -173,15 +178,13 @@ def test_a_preempted_slurm_job_is_requeued_and_resumes_its_run(tmp_path: Path, c
         first.send_signal(
             signal.SIGUSR1
         )  # what `sbatch --signal=SIGUSR1@120` sends; exec made python the pid
-        deadline = time.time() + 120
-        while time.time() < deadline and not list(run_dir.glob("hpc_ckpt_*.ckpt")):
-            time.sleep(0.5)
-        time.sleep(2)  # the requeue call follows the checkpoint
+        # the fake scontrol ends the job (its W&B service included) right after the requeue, so no
+        # later last.ckpt races the hpc checkpoint
+        output = first.communicate(timeout=120)[0]
     finally:
-        # SLURM ends the whole job after the grace period: the W&B service too, else it still holds
-        # the run id when the requeued job resumes the run
-        os.killpg(first.pid, signal.SIGKILL)
-        output = first.communicate()[0]
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            output = first.communicate()[0]
     [hpc] = run_dir.glob("hpc_ckpt_*.ckpt")
     assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"], output[-3000:]
     preempted = torch.load(hpc, weights_only=False)
