@@ -20,8 +20,9 @@ default 4 steps per beat, the layout's pitch range), cut from the core's piano-r
   0: none). The 1-D condition is the bar's chord (12 root pitch classes + minor flag), taken from
   the chord-symbol track where the data has one (``chord_track``; Nottingham: track 1) and else
   estimated from the bar's pitch classes (`estimate_chords`), so chord conditioning works on every
-  source. A batch that carries ``"condition"`` (``(batch, bars, condition_dim)``) conditions on that
-  prior vector instead.
+  source. Any other prior vector takes its place through `MidiNet.bar_conditions`: a batch that
+  carries ``"condition"`` (``(batch, bars, condition_dim)``, from a datamodule of your own), or a
+  subclass that computes it from the bars; sampling then takes the vectors as ``chords=<array>``.
 - **Training** (manual optimisation, two optimisers): per batch one discriminator step, then
   ``generator_steps`` (2) generator steps on the same noise. The discriminator's real label is 0.9
   (one-sided label smoothing); the generator adds feature matching
@@ -58,6 +59,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar
 
 import muspy
@@ -379,11 +381,13 @@ class MidiNet(GenerativeModule):
         melody_track: with ``tracks="melody"``: a track index, ``"auto"`` (the track named as a melody,
             e.g. ``soprano``; else the only track; else the skyline) or ``"skyline"`` (the highest
             note over all tracks at each step).
-        chord_condition: condition on each bar's chord (or the batch's ``"condition"``).
+        chord_condition: condition on a 1-D vector per bar: its chord, or another prior vector
+            (see `bar_conditions`).
         chord_track: the track that holds chord symbols as block chords (None: estimate each bar's
             chord from all its pitched notes; a bar whose chord track is silent is estimated too).
-        condition_dim: size of the 1-D condition (13 for chords; another size needs batches that carry
-            ``"condition"`` and arrays as the ``chords`` option).
+        condition_dim: size of the 1-D condition (13 for chords; another size is a prior vector of
+            your own: batches that carry ``"condition"`` or a subclass's `bar_conditions`, and
+            arrays as the ``chords`` sampling option).
         noise_dim: the latent vector every generator gets (shared between tracks).
         private_noise_dim: > 0: one generator per track, each with its own latent vector of this size
             beside the shared one (MuseGAN's hybrid model); 0: one generator for all tracks.
@@ -432,6 +436,9 @@ class MidiNet(GenerativeModule):
         super().__init__(representation, **kwargs)
         self.save_model_hyperparameters()
         self.automatic_optimization = False
+        if self.optimizer_factory is None:  # the paper's: Adam, lr 2e-4, beta1 0.5, for each network
+            adam = partial(torch.optim.Adam, lr=2e-4, betas=(0.5, 0.999))
+            self.optimizer_factory = {"generator": adam, "discriminator": adam}
         rep = self.representation
         if not isinstance(rep, PianoRollRepresentation):
             raise IncompatibleRepresentation(
@@ -560,6 +567,21 @@ class MidiNet(GenerativeModule):
         has_symbol = symbols[..., :12].sum(-1, keepdim=True) > 0
         return torch.where(has_symbol, symbols, everything)
 
+    @property
+    def conditions_are_chords(self) -> bool:
+        """Whether the 1-D condition is the chord (the default `bar_conditions`), so that sampling
+        can draw progressions and play them."""
+        return self.condition_dim == CHORD_DIM and type(self).bar_conditions is MidiNet.bar_conditions
+
+    def bar_conditions(self, bars: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The 1-D condition ``(B, n_bars, condition_dim)`` of ``(B, n_bars, steps, tracks, pitches)``
+        bars: the batch's ``"condition"`` where it carries one (``(B, >= n_bars, condition_dim)``,
+        from a datamodule of your own), else the bars' chords (`chords_of`). Override it to condition
+        on any other prior vector computed from the music."""
+        if "condition" in batch:
+            return batch["condition"].float()[:, : bars.shape[1]]
+        return self.chords_of(bars)
+
     def pairs(
         self, batch: Mapping[str, torch.Tensor], training: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -578,10 +600,22 @@ class MidiNet(GenerativeModule):
         real = batch["mask"][:, : n_bars * w].reshape(len(x), n_bars, w).all(-1)
         generated = self.generated_tracks(bars).transpose(2, 3)  # (B, bars, n_out, w, h)
         chords = None
-        if "condition" in batch:
-            condition = batch["condition"].float()[:, :n_bars]
-        elif self.condition_dim:
-            condition = chords = self.chords_of(bars)
+        if self.condition_dim:
+            condition = self.bar_conditions(bars, batch)
+            if tuple(condition.shape) != (len(x), n_bars, self.condition_dim):
+                raise UserError(
+                    f"MidiNet conditions of shape {tuple(condition.shape)}, expected "
+                    f"{(len(x), n_bars, self.condition_dim)} (batch, bars, model.condition_dim): "
+                    + (
+                        "the batch's 'condition' does not match model.condition_dim"
+                        if "condition" in batch
+                        else f"model.condition_dim={self.condition_dim} is not the {CHORD_DIM} of a chord; "
+                        "another prior vector comes from batches with 'condition' or a subclass's "
+                        "bar_conditions"
+                    )
+                )
+            if "condition" not in batch and self.conditions_are_chords:
+                chords = condition
         else:
             condition = x.new_zeros(len(x), n_bars, 0)
         keep = real[:, :-1] & real[:, 1:]
@@ -807,7 +841,7 @@ class MidiNet(GenerativeModule):
             )
             repeats = math.ceil(n_bars / given.shape[1])
             return given.repeat(1, repeats, 1)[:, :n_bars]
-        if self.condition_dim != CHORD_DIM:
+        if not self.conditions_are_chords:
             raise UserError(
                 f"this model's condition is a {self.condition_dim}-d prior vector: give it as chords=<array>"
             )
@@ -858,7 +892,7 @@ class MidiNet(GenerativeModule):
             last = out.new_zeros(n, w, rep.n_tracks, rep.n_pitches)
             last[:, w - min(w, start) :] = primer[:, max(0, start - w) :]
             previous = self.generated_tracks(last).transpose(1, 2)
-            if self.condition_dim == CHORD_DIM and chords is None:
+            if self.conditions_are_chords and chords is None:
                 after = self.chords_of(last)
         n_bars = math.ceil((length - start) / w)
         condition = (
@@ -875,7 +909,7 @@ class MidiNet(GenerativeModule):
             at = start + b * w
             out[:, at : at + steps, self.channels] = bar.transpose(1, 2)[:, :steps]
             previous = bar
-        self.last_progression = (condition, start) if self.condition_dim == CHORD_DIM else None
+        self.last_progression = (condition, start) if self.conditions_are_chords else None
         return out > 0.5
 
     def sample_options(self) -> list[str]:

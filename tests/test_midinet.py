@@ -353,6 +353,69 @@ def test_chord_progressions_are_drawn_from_the_training_datas_transitions() -> N
 
 
 # ------------------------------------------------------------------------------------ training
+class RegisterMidiNet(MidiNet):
+    """A prior vector of one's own: each bar's register (mean sounding pitch, 0..1 over the range)."""
+
+    def bar_conditions(self, bars: torch.Tensor, batch) -> torch.Tensor:
+        pitches = torch.arange(self.n_pitches, dtype=torch.float32) / (self.n_pitches - 1)
+        sounding = bars.float().sum((-3, -2))  # (B, n_bars, pitches)
+        return ((sounding * pitches).sum(-1) / sounding.sum(-1).clamp(min=1))[..., None]
+
+
+def test_any_prior_vector_conditions_through_a_subclass_or_the_batch(tmp_path: Path, bach_datamodule) -> None:
+    """The 1-D condition need not be a chord: a subclass's `bar_conditions`, or a batch that carries
+    ``"condition"``, trains the model on its own vectors, and sampling takes them as an array."""
+    fit = partial(
+        L.Trainer, max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = RegisterMidiNet(bach_datamodule.representation, condition_dim=1, **SMALL)
+    assert not model.conditions_are_chords
+    fit().fit(model, datamodule=bach_datamodule)
+    assert model.voice_counts.sum() > 0 and model.chord_transitions.sum() == 0  # not chords: not counted
+    batch = next(iter(bach_datamodule.train_dataloader()))
+    _, current, condition = model.pairs(batch)
+    assert condition.shape == (len(current), 1) and 0 < condition.mean() < 1
+    model.eval()
+
+    z, previous = model.noise(1), current[:1]
+    with torch.no_grad():
+        low, high = (torch.sigmoid(model.bar_logits(z, previous, torch.tensor([[r]]))) for r in (0.2, 0.8))
+    assert (low - high).abs().max() > 1e-5  # the vector reaches the generator
+    out = model.generate(2, 64, chords=np.array([[0.2], [0.8]], dtype=np.float32))
+    assert out.shape == (2, 64, *out.shape[2:]) and out[:, :, model.channels].any()
+    with pytest.raises(UserError, match="1-d prior vector: give it as chords=<array>"):
+        model.generate(1, 32)
+    with pytest.raises(UserError, match="conditions of size 13, the model takes 1"):
+        model.generate(1, 32, chords="C G")
+
+    # A datamodule's own vectors: batches with "condition" (here 3-d, per bar of 2-bar windows).
+    rep = lead_sheet_representation()
+    rng = np.random.default_rng(0)
+    items = [
+        {
+            "x": torch.from_numpy(rng.random((32, 2, rep.n_pitches)) > 0.95),
+            "mask": torch.ones(32, dtype=torch.bool),
+            "condition": torch.from_numpy(rng.random((2, 3)).astype(np.float32)),
+        }
+        for _ in range(16)
+    ]
+    loader = torch.utils.data.DataLoader(items, batch_size=8)
+    given = MidiNet(rep, condition_dim=3, **SMALL)
+    fit(limit_val_batches=0).fit(given, train_dataloaders=loader)
+    _, _, condition = given.pairs(next(iter(loader)))
+    assert torch.equal(condition, torch.stack([item["condition"][1] for item in items[:8]]))
+    # A size that neither chords nor the batch give fails on the first batch, naming both.
+    with pytest.raises(UserError, match=r"model\.condition_dim=5 is not the 13 of a chord"):
+        MidiNet(rep, condition_dim=5, **SMALL).pairs(
+            {k: v for k, v in next(iter(loader)).items() if k != "condition"}
+        )
+    with pytest.raises(UserError, match=r"the batch's 'condition' does not match model\.condition_dim"):
+        MidiNet(rep, condition_dim=5, **SMALL).pairs(next(iter(loader)))
+
+
 def test_one_training_step_updates_both_networks_each_with_its_own_optimiser(
     tmp_path: Path, bach_datamodule
 ) -> None:
