@@ -93,6 +93,9 @@ class GenerativeModule(L.LightningModule):
         self.monitor_mode = monitor_mode
         # Figures about the last `sample` call's decoding (a `ReportsDecoding` representation's).
         self.last_sample_figures: dict[str, float] = {}
+        # The run's model and data settings (`muselab.runs.run_settings`), set by `muselab.train` and
+        # kept in checkpoints, so that a resume can refuse changed ones wherever the file is.
+        self.run_settings: dict[str, Any] | None = None
 
     def save_model_hyperparameters(self, **extra: Any) -> None:
         """Save the subclass's init args, with the representation as a plain config dict."""
@@ -291,6 +294,8 @@ class GenerativeModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["muselab_model_class"] = f"{type(self).__module__}.{type(self).__qualname__}"
+        if self.run_settings is not None:
+            checkpoint["muselab_run_settings"] = self.run_settings
 
 
 def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:

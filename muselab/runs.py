@@ -8,8 +8,10 @@ directory and the same W&B run, and refuses a model or data setting that differs
 
 from __future__ import annotations
 
+import logging
 import re
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from muselab.cli import expand_path_value
 from muselab.errors import UserError
+
+log = logging.getLogger(__name__)
 
 HYDRA_INTERPOLATION = re.compile(r"\$\{hydra:([^}]+)\}")
 # Settings that may change when a run resumes: where and how fast data is read, not what it is.
@@ -120,22 +124,42 @@ def changed_settings(
     return lines
 
 
-def check_resume(ckpt_path: str | Path, cfg: DictConfig) -> Path | None:
-    """Refuse to resume with model or data settings other than the run's; returns its run directory.
+def run_settings(cfg: DictConfig) -> dict[str, Any]:
+    """The settings a resume must keep (``model`` and ``data``, resolved) as plain containers. Every
+    checkpoint stores them, so a checkpoint moved out of its run directory is still checked."""
+    return {
+        group: OmegaConf.to_container(cfg[group], resolve=True) for group in ("model", "data") if group in cfg
+    }
+
+
+def check_resume(
+    ckpt_path: str | Path, cfg: DictConfig, checkpoint: Mapping[str, Any] | None = None
+) -> Path | None:
+    """Refuse to resume with model or data settings other than the run's; returns its run directory
+    (None for a checkpoint outside one).
 
     Those settings are restored from the checkpoint (weights, optimiser state, the learning rate
     in it): a different value on the command line would be recorded in the config and W&B while the
-    run kept the old one.
+    run kept the old one. They are compared with the run directory's ``.hydra/config.yaml``, or, for
+    a checkpoint outside its run directory, with the settings recorded in the checkpoint.
     """
     run_dir = find_run_dir(ckpt_path)
-    if run_dir is None:
+    if run_dir is not None:
+        saved, where = load_run_config(run_dir), "its .hydra/config.yaml"
+    elif checkpoint is not None and checkpoint.get("muselab_run_settings"):
+        saved, where = OmegaConf.create(checkpoint["muselab_run_settings"]), "the settings recorded in it"
+    else:
+        log.warning(
+            "ckpt_path=%s is outside a run directory and records no run settings: the model and data "
+            "settings given now are not checked against the ones it was trained with",
+            ckpt_path,
+        )
         return None
-    saved = load_run_config(run_dir)
     changes = changed_settings(saved, cfg)
     if changes:
         raise UserError(
             f"ckpt_path={ckpt_path}: resuming keeps the run's model and data settings, but these differ "
-            f"from its .hydra/config.yaml: {'; '.join(changes)}. Drop those overrides, or start a new run "
+            f"from {where}: {'; '.join(changes)}. Drop those overrides, or start a new run "
             "(without ckpt_path) to change them."
         )
     return run_dir

@@ -29,7 +29,7 @@ from lightning_modules.base import CheckpointError, read_checkpoint
 from muselab.cli import CONFIG_DIR, check_override_types, normalize_overrides
 from muselab.errors import UserError, report_user_errors
 from muselab.music.evaluation import write_midi
-from muselab.runs import check_resume, resume_overrides, wandb_run_id
+from muselab.runs import check_resume, resume_overrides, run_settings, wandb_run_id
 from muselab.utils import (
     auto_torch_threads,
     build_callbacks,
@@ -137,8 +137,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_run_settings(cfg)
     resume_from = cfg.get("ckpt_path")
     if resume_from:
-        read_checkpoint(resume_from)  # a missing or corrupt file is named now, not after the model is built
-        run_dir = check_resume(resume_from, cfg)
+        checkpoint = read_checkpoint(resume_from)  # a missing or corrupt file is named now, not later
+        run_dir = check_resume(resume_from, cfg, checkpoint)
+        del checkpoint
         if (
             run_dir is not None
             and (run_id := wandb_run_id(run_dir))
@@ -165,6 +166,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule.check()  # a missing or empty data root fails here, before any model or logger exists
     log.info("Instantiating model <%s>", cfg.model._target_)
     model = instantiate_checked(cfg.model, representation=datamodule.representation)
+    model.run_settings = run_settings(cfg)
     n_params = sum(p.numel() for p in model.parameters())  # counted before a strategy shards them
     if resume_from:
         check_layout(resume_from, model)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -96,6 +97,24 @@ def test_resume_refuses_a_changed_setting_and_a_broken_checkpoint(tmp_path: Path
     changed = cli(*quiet(tmp_path, cache_dir, "logger=none", "model.optimizer.lr=1e6"), f"ckpt_path={last}")
     assert changed.returncode == 2
     assert "model.optimizer.lr: 0.005 -> 1000000.0" in changed.stderr and "Traceback" not in changed.stderr
+    # A checkpoint moved out of its run directory is checked against the settings it records.
+    moved = tmp_path / "moved.ckpt"
+    shutil.copy(last, moved)
+    changed = cli(*quiet(tmp_path, cache_dir, "logger=none", "model.optimizer.lr=1e6"), f"ckpt_path={moved}")
+    assert changed.returncode == 2 and "differ from the settings recorded in it" in changed.stderr
+    assert "model.optimizer.lr: 0.005 -> 1000000.0" in changed.stderr
+    longer = [
+        a if a != "trainer.max_epochs=1" else "trainer.max_epochs=2" for a in quiet(tmp_path, cache_dir)
+    ]
+    same = cli(
+        *longer,
+        "logger=none",
+        f"ckpt_path={moved}",
+        f"hydra.run.dir={tmp_path / 'run-moved'}",
+    )
+    assert same.returncode == 0, same.stderr[-2000:]
+    resumed = torch.load(tmp_path / "run-moved" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert resumed["epoch"] == 1 and resumed["muselab_run_settings"]["model"]["optimizer"]["lr"] == 0.005
     for name, content in (("empty.ckpt", b""), ("noise.ckpt", os.urandom(300))):
         bad = tmp_path / name
         bad.write_bytes(content)
