@@ -131,3 +131,22 @@ def test_compare_page_in_a_headless_browser(two_runs: Path, tmp_path: Path) -> N
     shot = tmp_path / "page.png"
     result = _chromium("--window-size=1400,1600", f"--screenshot={shot}", url, cwd=tmp_path)
     assert result.returncode == 0 and shot.stat().st_size > 50_000
+
+
+def test_a_run_that_logged_to_tensorboard_is_read_from_its_event_files(tmp_path: Path) -> None:
+    """`logger=tensorboard` (conf/logger/tensorboard.yaml) writes event files under the run's
+    ``tensorboard/``; `make compare` reads its curves and last values from them."""
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from muselab.compare import read_logs
+
+    run_dir = tmp_path / "run"
+    logger = TensorBoardLogger(save_dir=str(run_dir / "tensorboard"), name=None, default_hp_metric=False)
+    for step, (train, val) in enumerate([(3.0, 3.5), (2.0, 2.75), (1.5, 2.5)]):
+        logger.log_metrics({"train/loss": train, "val/loss": val}, step=step)
+    logger.finalize("success")
+    assert read_logs(tmp_path / "empty") == ("-", {}, {})
+    source, curves, last = read_logs(run_dir)
+    assert source == "tensorboard"
+    assert curves["val/loss"] == [(0.0, 3.5), (1.0, 2.75), (2.0, 2.5)]
+    assert last == {"train/loss": 1.5, "val/loss": 2.5}
