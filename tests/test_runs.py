@@ -149,14 +149,24 @@ def test_sample_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path) -> None:
 def test_a_checkpoint_of_another_layout_says_which_it_needs(tmp_path: Path, cache_dir: Path) -> None:
     run = tmp_path / "run"
     assert cli(*quiet(tmp_path, cache_dir, "logger=none"), f"hydra.run.dir={run}").returncode == 0
-    # Moved out of its run directory, the checkpoint alone says what it was trained on.
+    # Moved out of its run directory, the checkpoint alone says what it was trained on: first by the
+    # run settings it records, and, in a checkpoint that records none, by its representation.
     moved = tmp_path / "moved.ckpt"
     (run / "checkpoints" / "last.ckpt").rename(moved)
-    other = cli(
-        *quiet(tmp_path, cache_dir, "logger=none", "layout.pitch_low=40"),
-        f"ckpt_path={moved}",
-        "hydra.run.dir=" + str(tmp_path / "x"),
-    )
+
+    def resume() -> subprocess.CompletedProcess:
+        return cli(
+            *quiet(tmp_path, cache_dir, "logger=none", "layout.pitch_low=40"),
+            f"ckpt_path={moved}",
+            "hydra.run.dir=" + str(tmp_path / "x"),
+        )
+
+    other = resume()
+    assert other.returncode == 2 and "data.representation.pitch_low: 36 -> 40" in other.stderr
+    checkpoint = torch.load(moved, weights_only=False)
+    del checkpoint["muselab_run_settings"]
+    torch.save(checkpoint, moved)
+    other = resume()
     assert other.returncode == 2
     assert "trained on another data layout (pitch_low: 36 (checkpoint) vs 40 (now))" in other.stderr
 
