@@ -602,17 +602,17 @@ class MidiNet(GenerativeModule):
         chords = None
         if self.condition_dim:
             condition = self.bar_conditions(bars, batch)
-            if tuple(condition.shape) != (len(x), n_bars, self.condition_dim):
+            expected = (len(x), n_bars, self.condition_dim)
+            if tuple(condition.shape) != expected:
+                why = (
+                    "the batch's 'condition' does not match model.condition_dim"
+                    if "condition" in batch
+                    else f"model.condition_dim={self.condition_dim} is not the {CHORD_DIM} of a chord; another "
+                    "prior vector comes from batches with 'condition' or a subclass's bar_conditions"
+                )
                 raise UserError(
-                    f"MidiNet conditions of shape {tuple(condition.shape)}, expected "
-                    f"{(len(x), n_bars, self.condition_dim)} (batch, bars, model.condition_dim): "
-                    + (
-                        "the batch's 'condition' does not match model.condition_dim"
-                        if "condition" in batch
-                        else f"model.condition_dim={self.condition_dim} is not the {CHORD_DIM} of a chord; "
-                        "another prior vector comes from batches with 'condition' or a subclass's "
-                        "bar_conditions"
-                    )
+                    f"MidiNet conditions of shape {tuple(condition.shape)}, expected {expected} "
+                    f"(batch, bars, model.condition_dim): {why}"
                 )
             if "condition" not in batch and self.conditions_are_chords:
                 chords = condition
