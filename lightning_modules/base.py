@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import zipfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -307,11 +308,18 @@ def read_checkpoint(ckpt_path: str | Path, map_location: str = "cpu") -> dict[st
     path = Path(ckpt_path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: not a readable checkpoint (the file is empty)")
+    # Unpickling arbitrary bytes can allocate without bound (a stray length field), so only
+    # the zip archive that torch.save has written since torch 1.6 is handed to torch.load.
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint (not the zip archive that torch.save writes)"
+        )
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as exc:
-        what = "the file is empty" if path.stat().st_size == 0 else f"{type(exc).__name__}: {exc}"
-        raise CheckpointError(f"{path}: not a readable checkpoint ({what})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
     if not isinstance(checkpoint, dict) or "muselab_model_class" not in checkpoint:
         raise CheckpointError(f"{path}: not a MuseLab checkpoint (it records no MuseLab model class)")
     return checkpoint

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -115,7 +117,9 @@ def test_resume_refuses_a_changed_setting_and_a_broken_checkpoint(tmp_path: Path
     assert same.returncode == 0, same.stderr[-2000:]
     resumed = torch.load(tmp_path / "run-moved" / "checkpoints" / "last.ckpt", weights_only=False)
     assert resumed["epoch"] == 1 and resumed["muselab_run_settings"]["model"]["optimizer"]["lr"] == 0.005
-    for name, content in (("empty.ckpt", b""), ("noise.ckpt", os.urandom(300))):
+    cut = last.read_bytes()[: last.stat().st_size // 2]
+    noise = random.Random(0).randbytes(300)
+    for name, content in (("empty.ckpt", b""), ("noise.ckpt", noise), ("cut.ckpt", cut)):
         bad = tmp_path / name
         bad.write_bytes(content)
         result = cli(
@@ -130,10 +134,15 @@ def test_sample_names_a_corrupt_checkpoint_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "HYDRA_FULL_ERROR": "0"}
     for name, content, why in (
         ("empty.ckpt", b"", "the file is empty"),
-        ("noise.ckpt", b"\x80\x02junk", "Unpickling"),
+        ("noise.ckpt", b"\x80\x02junk", "not the zip archive that torch.save writes"),
+        ("other.zip", None, "RuntimeError"),
     ):
         bad = tmp_path / name
-        bad.write_bytes(content)
+        if content is None:
+            with zipfile.ZipFile(bad, "w") as archive:
+                archive.writestr("archive/notes.txt", "a zip, but not a checkpoint")
+        else:
+            bad.write_bytes(content)
         result = subprocess.run(
             [sys.executable, "-m", "muselab.sample", f"ckpt={bad}"],
             cwd=ROOT,
