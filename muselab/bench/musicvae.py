@@ -302,7 +302,8 @@ def markdown(results: dict[str, Any]) -> str:
         ]
         for r in runs:
             lines.append(
-                f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['minutes']:g} min, {r['threads']} threads, "
+                f"| {r['name']} | {r['params'] / 1e6:.2f} M | {r['minutes']:g} min, "
+                f"{r['threads']} thread{'' if int(r['threads']) == 1 else 's'}, "
                 f"load {r['load_at_start']} | {r['best_step']} ({r['best_epoch']}) | {r['accuracy']:.4f} "
                 f"| **{r['sampled_accuracy']:.4f}** | {r['active_units']:.0f} | {r['kl']:.1f} |"
             )
